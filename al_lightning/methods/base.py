@@ -1,0 +1,99 @@
+"""Shared machinery of every SSL method: backbone, EMA teacher, optimizer and schedule, evaluation.
+
+A method subclass only writes ``training_step`` and names the unlabeled views it needs; the data
+module reads ``unlabeled_views`` and serves them, so data code never asks which method runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from al_lightning.methods.ema import EMATeacher
+from al_lightning.models import Backbone, create_backbone
+
+
+def cosine_factor(step: int, total_steps: int, cycles: float = 7.0 / 16.0) -> float:
+    """FixMatch's schedule: ``lr * cos(7 pi k / (16 K))``, no warm-up."""
+    return max(0.0, math.cos(math.pi * cycles * step / max(1, total_steps)))
+
+
+class SSLMethod(L.LightningModule):
+    """Base of all methods. Evaluation and acquisition always use the EMA teacher.
+
+    Args:
+        backbone: a registered backbone or ``timm:<name>``.
+        num_classes: filled from the data module by the CLI.
+        in_channels: filled from the data module by the CLI.
+        backbone_kwargs: extra arguments of the backbone factory.
+        lr: SGD learning rate.
+        momentum: SGD momentum (Nesterov when ``nesterov``).
+        weight_decay: applied to weights only, never to BatchNorm parameters or biases.
+        scheduler: ``cosine`` (FixMatch's 7/16 cosine decay over the fit) or ``none`` (ASSL).
+        ema_decay: decay of the EMA teacher.
+    """
+
+    #: views of each unlabeled sample the method trains on; empty means labeled data only
+    unlabeled_views: tuple[str, ...] = ()
+
+    def __init__(self, backbone: str = "wrn28_2", num_classes: int = 10, in_channels: int = 3,
+                 backbone_kwargs: dict[str, Any] | None = None, lr: float = 0.03, momentum: float = 0.9,
+                 nesterov: bool = True, weight_decay: float = 5e-4,
+                 scheduler: Literal["cosine", "none"] = "cosine", ema_decay: float = 0.999) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: Backbone = create_backbone(backbone, num_classes, in_channels, **(backbone_kwargs or {}))
+        self.ema = EMATeacher(self.model, ema_decay)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.num_classes = num_classes
+        #: steps taken in earlier cycles, so TensorBoard curves of all cycles share one x-axis
+        self.step_offset = 0
+
+    @property
+    def inference_model(self) -> Backbone:
+        return self.ema.module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ema(x)
+
+    def log_train(self, name: str, value: Any) -> None:
+        self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update(self.model)
+        self.log("step", float(self.step_offset + self.global_step), on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_acc(self.ema(x), y)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("step", float(self.step_offset + self.global_step))
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for param in self.model.parameters():
+            (decay if param.ndim > 1 else no_decay).append(param)
+        optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr, momentum=self.hparams.momentum, nesterov=self.hparams.nesterov)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def reset_teacher(self) -> None:
+        """Make the teacher equal to the student (start of a fit from fresh weights)."""
+        self.ema.reset(self.model)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, targets)

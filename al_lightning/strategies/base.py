@@ -1,0 +1,91 @@
+"""The acquisition interface: ``Strategy.select(context, budget) -> pool indices``.
+
+The context gives lazy, cached access to what strategies need (the pool, the EMA model, pool
+probabilities and embeddings computed once in batches across ranks, the online scores), so a
+strategy that needs none of it (Random, ASSL) costs no inference pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from al_lightning.data.pool import ActivePool
+from al_lightning.methods.inference import pool_inference
+from al_lightning.models import Backbone
+from al_lightning.registry import Registry
+from al_lightning.scoring.online import OnlineScoreState
+
+
+class AcquisitionContext:
+    """What a strategy may look at when it picks; every array is aligned with ``unlabeled``."""
+
+    def __init__(self, pool: ActivePool, model: Backbone, loader_for: Callable, device: torch.device,
+                 scores: OnlineScoreState | None = None, cycle: int = 0, seed: int = 0) -> None:
+        self.pool, self.model, self.loader_for, self.device = pool, model, loader_for, device
+        self._scores, self.cycle, self.seed = scores, cycle, seed
+
+    @cached_property
+    def unlabeled(self) -> np.ndarray:
+        return self.pool.unlabeled_indices
+
+    @cached_property
+    def _inference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return pool_inference(self.model, self.loader_for, self.unlabeled, self.device)
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """EMA-model features of the unlabeled samples, ``(n_unlabeled, d)``."""
+        return self._inference[0]
+
+    @cached_property
+    def probs(self) -> torch.Tensor:
+        """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)``."""
+        return torch.softmax(self._inference[1], dim=-1)
+
+    @property
+    def scores(self) -> OnlineScoreState:
+        if self._scores is None:
+            raise RuntimeError("this strategy needs online scores: add al_lightning.scoring.OnlineScoring "
+                               "to trainer.callbacks in the config")
+        return self._scores
+
+    def rng(self) -> np.random.Generator:
+        """A generator seeded by (seed, cycle): the same draw on every rank and every rerun."""
+        return np.random.default_rng([self.seed, self.cycle])
+
+
+class Strategy:
+    """Picks ``budget`` distinct unlabeled pool ids; subclasses implement :meth:`rank_select`."""
+
+    def select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        available = len(context.unlabeled)
+        if budget > available:
+            warnings.warn(f"budget {budget} exceeds the {available} unlabeled samples; taking all of them")
+            budget = available
+        if budget <= 0:
+            return np.empty(0, dtype=np.int64)
+        chosen = np.asarray(self.rank_select(context, budget), dtype=np.int64)
+        if len(chosen) != budget or len(np.unique(chosen)) != budget:
+            raise RuntimeError(f"{type(self).__name__} returned {len(chosen)} picks "
+                               f"({len(np.unique(chosen))} distinct) for a budget of {budget}")
+        return chosen
+
+    def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+def top_k(context: AcquisitionContext, values: torch.Tensor, budget: int) -> np.ndarray:
+    """Unlabeled pool ids of the ``budget`` largest ``values`` (aligned with ``context.unlabeled``);
+    ties break towards the smaller pool id so every rank picks the same set."""
+    values = values.detach().double().cpu().numpy()
+    order = np.lexsort((context.unlabeled, -values))
+    return context.unlabeled[order[:budget]]
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+register_strategy = STRATEGIES.register
