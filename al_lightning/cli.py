@@ -14,9 +14,14 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from al_lightning.data import ActiveDataModule
+from al_lightning.data import DATASETS, ActiveDataModule
 from al_lightning.loop import ActiveLoop
 from al_lightning.methods import SSLMethod
+
+
+def dataset_shape(name: str, root: str, options: dict | None) -> tuple[int, int]:
+    """``(num_classes, in_channels)`` of a dataset, so the model never repeats what the data says."""
+    return DATASETS.get(name).shape(root, **(options or {}))
 
 
 class ActiveLearningCLI(LightningCLI):
@@ -34,9 +39,10 @@ class ActiveLearningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(ActiveLoop, "loop")
-        for attribute in ("num_classes", "in_channels"):
-            parser.link_arguments("data", f"model.init_args.{attribute}",
-                                  compute_fn=lambda data, a=attribute: getattr(data, a), apply_on="instantiate")
+        sources = ("data.dataset", "data.root", "data.dataset_options")
+        for position, attribute in enumerate(("num_classes", "in_channels")):
+            parser.link_arguments(sources, f"model.init_args.{attribute}", apply_on="parse",
+                                  compute_fn=lambda name, root, options, k=position: dataset_shape(name, root, options)[k])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,

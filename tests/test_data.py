@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import torch
+
+from al_lightning.data import ActiveDataModule, DatasetNotFound
+from al_lightning.data.samplers import RepeatedPermutationSampler, ShardSampler
+from al_lightning.data.transforms import Cutout, FixMatchRandAugment, build_views
+
+
+def test_digits_split_is_stratified_seeded_and_uint8(digits):
+    splits = digits.splits
+    assert splits.train_images.dtype == torch.uint8 and splits.train_images.shape[1:] == (1, 8, 8)
+    n_train, n_test = len(splits.train_targets), len(splits.test_targets)
+    assert n_train + n_test == 1797 and abs(n_test / 1797 - 0.2) < 0.01
+    train_share = torch.bincount(splits.train_targets) / n_train
+    test_share = torch.bincount(splits.test_targets) / n_test
+    assert torch.allclose(train_share, test_share, atol=0.01)
+    again = ActiveDataModule("digits")
+    again.setup()
+    assert torch.equal(again.splits.test_images, splits.test_images)
+
+
+def test_labeled_loader_reads_labels_from_the_pool_not_the_dataset(digits):
+    # corrupt the ground truth after labeling: the learner must still see the pool's labels
+    pool_labels = dict(zip(digits.pool.labeled_indices.tolist(),
+                           digits.pool.labels_of(digits.pool.labeled_indices).tolist()))
+    digits.splits.train_targets.fill_(-7)
+    loader = digits.train_dataloader()
+    batch, _, _ = next(iter(loader))
+    x, y = batch["labeled"]
+    assert x.dtype == torch.float32 and x.shape == (4, 1, 8, 8)
+    assert set(y.tolist()) <= set(pool_labels.values()) and (y >= 0).all()
+
+
+def test_unlabeled_batches_hold_views_and_pool_ids_but_no_labels(digits):
+    batch, _, _ = next(iter(digits.train_dataloader()))
+    unlabeled = batch["unlabeled"]
+    assert set(unlabeled) == {"weak", "strong", "index"}
+    assert unlabeled["weak"].shape == (8, 1, 8, 8) and unlabeled["strong"].shape == (8, 1, 8, 8)
+    ids = unlabeled["index"].numpy()
+    assert not np.isin(ids, digits.pool.labeled_indices).any()
+
+
+def test_labeled_ids_never_appear_in_the_unlabeled_stream(digits):
+    seen = set()
+    for batch, _, _ in digits.train_dataloader():
+        seen.update(batch["unlabeled"]["index"].tolist())
+    assert seen.isdisjoint(digits.pool.labeled_indices.tolist())
+
+
+def test_repeated_permutation_covers_every_item_before_repeating():
+    stream = RepeatedPermutationSampler(5, 12, seed=3).global_stream().tolist()
+    assert sorted(stream[:5]) == list(range(5)) and sorted(stream[5:10]) == list(range(5))
+
+
+def test_rank_shards_are_disjoint_slices_of_one_stream():
+    shards = [list(RepeatedPermutationSampler(10, 6, seed=1, rank=r, world_size=2)) for r in range(2)]
+    stream = RepeatedPermutationSampler(10, 6, seed=1, world_size=2).global_stream().tolist()
+    assert shards[0] == stream[0::2] and shards[1] == stream[1::2]
+    assert sorted(shards[0] + shards[1]) == sorted(stream)
+    assert sorted(list(ShardSampler(7, 0, 2)) + list(ShardSampler(7, 1, 2))) == list(range(7))
+
+
+def test_strong_view_differs_from_weak_and_keeps_shape():
+    views = build_views(32, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    weak, strong = views["weak"](img), views["strong"](img)
+    assert weak.shape == strong.shape == (3, 32, 32) and weak.dtype == torch.float32
+    grey = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
+    for _ in range(50):  # every FixMatch op must accept a one-channel 8x8 image
+        out = FixMatchRandAugment(2)(grey)
+        assert out.shape == (1, 8, 8) and out.dtype == torch.uint8
+
+
+def test_cutout_paints_at_most_half_the_side():
+    img = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    for _ in range(20):
+        painted = (Cutout(0.5)(img) == 127).sum().item()
+        assert painted <= 8 * 8
+
+
+def test_missing_torchvision_dataset_fails_with_one_line_naming_files(tmp_path):
+    dm = ActiveDataModule("cifar10", root=str(tmp_path))
+    with pytest.raises(DatasetNotFound) as err:
+        dm.setup()
+    message = str(err.value)
+    assert "\n" not in message and "cifar-10-batches-py" in message and str(tmp_path) in message
+    assert "data.download" in message
+
+
+def test_mnist_loads_offline_from_the_raw_files(tmp_path):
+    from pathlib import Path
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not source.is_dir():
+        pytest.skip("shared MNIST files not present")
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in source.glob("*.gz"):
+        (raw / f.name).symlink_to(f)
+    dm = ActiveDataModule("mnist", root=str(tmp_path), download=True)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.splits.train_images.shape == (60000, 1, 28, 28) and dm.pool.size == 60000
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(KeyError, match="choose one of: cifar10"):
+        ActiveDataModule("imagenet")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+    for split in ("train", "test"):
+        for name, color in (("cat", 30), ("dog", 200)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for k in range(3):
+                Image.new("RGB", (20, 20), (color, k, 0)).save(folder / f"{k}.png")
+    dm = ActiveDataModule("image_folder", root=str(tmp_path), dataset_options={"image_size": 16})
+    assert (dm.num_classes, dm.in_channels) == (2, 3)
+    dm.setup()
+    assert dm.splits.train_images.shape == (6, 3, 16, 16) and dm.splits.train_targets.tolist() == [0] * 3 + [1] * 3
+    with pytest.raises(DatasetNotFound, match="no folder"):
+        ActiveDataModule("image_folder", root=str(tmp_path / "nowhere"))

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from al_lightning.methods import FixMatch
+from al_lightning.scoring.online import OnlineScoreState
+from al_lightning.strategies import ASSL, STRATEGIES, AcquisitionContext, Entropy, Random
+
+
+def context_for(dm, scores=None, cycle=0, seed=0):
+    model = FixMatch(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4})
+    return AcquisitionContext(dm.pool, model.inference_model, dm.inference_dataloader, torch.device("cpu"),
+                              scores, cycle, seed)
+
+
+@pytest.mark.parametrize("name", ["random", "entropy", "assl"])
+def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name):
+    scores = OnlineScoreState(digits.pool.size)
+    scores.update(torch.arange(digits.pool.size), torch.rand(digits.pool.size), torch.rand(digits.pool.size),
+                  torch.zeros(digits.pool.size, dtype=torch.long), torch.zeros(digits.pool.size))
+    strategy = STRATEGIES.get(name)()
+    torch.manual_seed(0)
+    first = strategy.select(context_for(digits, scores), 15)
+    torch.manual_seed(0)
+    second = strategy.select(context_for(digits, scores), 15)
+    assert len(first) == 15 and len(set(first.tolist())) == 15
+    assert not np.isin(first, digits.pool.labeled_indices).any()
+    assert np.array_equal(np.sort(first), np.sort(second))
+
+
+def test_assl_is_the_top_b_of_the_online_score_among_unlabeled(digits):
+    size = digits.pool.size
+    scores = OnlineScoreState(size)
+    gen = torch.Generator().manual_seed(1)
+    scores.update(torch.arange(size), torch.rand(size, generator=gen), torch.rand(size, generator=gen),
+                  torch.zeros(size, dtype=torch.long), torch.zeros(size))
+    labeled = digits.pool.labeled_indices
+    scores.u_mean[labeled] = 100.0  # the best scores belong to labeled samples: they must be skipped
+    picked = ASSL().select(context_for(digits, scores), 10)
+    score = scores.score.numpy().copy()
+    score[labeled] = -np.inf
+    assert set(picked.tolist()) == set(np.argsort(-score)[:10].tolist())
+
+
+def test_entropy_is_the_top_b_of_prediction_entropy(digits):
+    context = context_for(digits)
+    picked = Entropy().select(context, 7)
+    probs = context.probs.numpy()
+    entropy = -(probs * np.log(probs)).sum(1)
+    assert set(picked.tolist()) == set(context.unlabeled[np.argsort(-entropy)[:7]].tolist())
+
+
+def test_random_changes_with_the_cycle_and_warns_when_the_pool_is_short(digits):
+    a = Random().select(context_for(digits, cycle=0), 10)
+    b = Random().select(context_for(digits, cycle=1), 10)
+    assert not np.array_equal(a, b)
+    with pytest.warns(UserWarning, match="exceeds"):
+        everything = Random().select(context_for(digits), 10_000)
+    assert len(everything) == digits.pool.num_unlabeled
+
+
+def test_assl_without_the_scoring_callback_says_how_to_fix_it(digits):
+    with pytest.raises(RuntimeError, match="OnlineScoring to trainer.callbacks"):
+        ASSL().select(context_for(digits), 5)
