@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -30,7 +31,11 @@ class ActiveLearningCLI(LightningCLI):
             model_class=SSLMethod, subclass_mode_model=True, datamodule_class=ActiveDataModule,
             save_config_kwargs={"overwrite": True}, parser_kwargs={
                 "description": "Active semi-supervised learning cycles: fit (FixMatch family) -> "
-                               "score online -> acquire -> label, on one CPU or many GPUs."},
+                               "score online -> acquire -> label, on one CPU or many GPUs.",
+                "fit": {"description": "Run active-learning cycles: per cycle a semi-supervised fit, a test "
+                                       "with the EMA model, an acquisition and labeling. Sections: trainer "
+                                       "(per-cycle Trainer), model (the SSL method), data (dataset and "
+                                       "pool), loop (cycles, budget, strategy, weights)."}},
             trainer_defaults={"num_sanity_val_steps": 0}, args=args, run=run)
 
     @staticmethod
@@ -72,6 +77,9 @@ class ActiveLearningCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # the EMA teacher is in eval mode on purpose; the pytree notice is Lightning-internal
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     ActiveLearningCLI(args=args)
 
 
