@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from al_lightning.methods.ema import EMATeacher
@@ -93,7 +92,3 @@ class SSLMethod(L.LightningModule):
     def reset_teacher(self) -> None:
         """Make the teacher equal to the student (start of a fit from fresh weights)."""
         self.ema.reset(self.model)
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, targets)

@@ -1,0 +1,223 @@
+"""Dataset registry: each entry loads a train and test split once into uint8 tensors (N, C, H, W).
+
+Images stay in memory as uint8 and are augmented per sample, so nothing is decoded twice.
+Offline and missing, a torchvision dataset fails with one line naming the files it expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from al_lightning.registry import Registry
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A dataset's files are missing and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class ImageSplits:
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_targets: torch.Tensor  # int64 (N,)
+    test_images: torch.Tensor
+    test_targets: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool  # False for digits: a mirrored digit is another glyph
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """``loader(root, download, split_seed, **options)`` loads; ``shape(root, **options)`` returns
+    ``(num_classes, in_channels)`` cheaply, so a model can be built before the data is loaded."""
+
+    loader: Callable[..., ImageSplits]
+    shape: Callable[..., tuple[int, int]]
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(name: str, num_classes: int = 0, in_channels: int = 0,
+                     shape: Callable[..., tuple[int, int]] | None = None):
+    def decorator(loader: Callable[..., ImageSplits]) -> Callable[..., ImageSplits]:
+        fixed = lambda root, **options: (num_classes, in_channels)  # noqa: E731
+        DATASETS.register(name)(DatasetSpec(loader, shape or fixed))
+        return loader
+
+    return decorator
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    scaled = images.double().div_(255.0)
+    dims = (0, 2, 3)
+    return tuple(scaled.mean(dims).tolist()), tuple(scaled.std(dims).clamp_min(1e-3).tolist())
+
+
+def _nchw(array: np.ndarray | torch.Tensor, layout: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(array), dtype=torch.uint8)
+    if layout == "NHW":
+        return tensor.unsqueeze(1).contiguous()
+    if layout == "NHWC":
+        return tensor.permute(0, 3, 1, 2).contiguous()
+    return tensor.contiguous()
+
+
+def _missing(name: str, root: Path, expected: list[str], err: Exception) -> DatasetNotFound:
+    files = ", ".join(str(root / f) for f in expected)
+    return DatasetNotFound(
+        f"{name}: data not found ({type(err).__name__}); expected {files} - put the files there, "
+        f"or set data.download: true on a machine with internet"
+    )
+
+
+def _torchvision_splits(name: str, cls_name: str, root: str, download: bool, expected: list[str],
+                        split_kw: Callable[[bool], dict], layout: str, label_attr: str
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    out = []
+    for train in (True, False):
+        try:
+            ds = cls(root, download=download, **split_kw(train))
+        except (RuntimeError, OSError, ValueError) as err:
+            raise _missing(name, Path(root), expected, err) from None
+        out += [_nchw(ds.data, layout), torch.as_tensor(np.asarray(getattr(ds, label_attr)),
+                                                        dtype=torch.int64)]
+    return out[0], out[1], out[2], out[3]
+
+
+@register_dataset("digits", num_classes=10, in_channels=1)
+def load_digits(root: str = "", download: bool = False, split_seed: int = 0) -> ImageSplits:
+    """scikit-learn's bundled 8x8 digits (offline); a seeded stratified 80/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sk_digits()
+    images = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2,
+                                           stratify=digits.target, random_state=split_seed)
+    train = _nchw(images[train_idx], "NHW")
+    mean, std = channel_stats(train)
+    return ImageSplits(train, torch.as_tensor(digits.target[train_idx], dtype=torch.int64),
+                       _nchw(images[test_idx], "NHW"),
+                       torch.as_tensor(digits.target[test_idx], dtype=torch.int64),
+                       10, mean, std, hflip=False)
+
+
+def _mnist_like(name: str, cls_name: str, folder: str, mean: float, std: float, hflip: bool):
+    files = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+    def loader(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+        splits = _torchvision_splits(name, cls_name, root, download,
+                                     [f"{folder}/raw/{f}" for f in files],
+                                     lambda train: {"train": train}, "NHW", "targets")
+        return ImageSplits(*splits, num_classes=10, mean=(mean,), std=(std,), hflip=hflip)
+
+    register_dataset(name, num_classes=10, in_channels=1)(loader)
+
+
+_mnist_like("mnist", "MNIST", "MNIST", 0.1307, 0.3081, hflip=False)
+_mnist_like("fashion_mnist", "FashionMNIST", "FashionMNIST", 0.2860, 0.3530, hflip=True)
+
+
+@register_dataset("cifar10", num_classes=10, in_channels=3)
+def load_cifar10(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+    splits = _torchvision_splits("cifar10", "CIFAR10", root, download,
+                                 ["cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"],
+                                 lambda train: {"train": train}, "NHWC", "targets")
+    return ImageSplits(*splits, num_classes=10, mean=(0.4914, 0.4822, 0.4465),
+                       std=(0.2471, 0.2435, 0.2616), hflip=True)
+
+
+@register_dataset("cifar100", num_classes=100, in_channels=3)
+def load_cifar100(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+    splits = _torchvision_splits("cifar100", "CIFAR100", root, download,
+                                 ["cifar-100-python/train", "cifar-100-python/test"],
+                                 lambda train: {"train": train}, "NHWC", "targets")
+    return ImageSplits(*splits, num_classes=100, mean=(0.5071, 0.4865, 0.4409),
+                       std=(0.2673, 0.2564, 0.2762), hflip=True)
+
+
+@register_dataset("svhn", num_classes=10, in_channels=3)
+def load_svhn(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+    splits = _torchvision_splits("svhn", "SVHN", root, download,
+                                 ["train_32x32.mat", "test_32x32.mat"],
+                                 lambda train: {"split": "train" if train else "test"}, "NCHW",
+                                 "labels")
+    return ImageSplits(*splits, num_classes=10, mean=(0.4377, 0.4438, 0.4728),
+                       std=(0.1980, 0.2010, 0.1970), hflip=False)
+
+
+@register_dataset("stl10", num_classes=10, in_channels=3)
+def load_stl10(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+    """The labeled 5k train split is the pool (the 100k 'unlabeled' split has no ground truth)."""
+    splits = _torchvision_splits("stl10", "STL10", root, download,
+                                 ["stl10_binary/train_X.bin", "stl10_binary/test_X.bin"],
+                                 lambda train: {"split": "train" if train else "test"}, "NCHW",
+                                 "labels")
+    return ImageSplits(*splits, num_classes=10, mean=(0.4467, 0.4398, 0.4066),
+                       std=(0.2603, 0.2566, 0.2713), hflip=True)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def image_folder_classes(root: str) -> list[str]:
+    train = Path(root) / "train"
+    if not train.is_dir():
+        raise DatasetNotFound(f"image_folder: no folder {train}; expected {root}/train/<class>/*.jpg "
+                              f"and {root}/test/<class>/*.jpg (set data.root)")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DatasetNotFound(f"image_folder: {train} needs at least two class folders, found {classes}")
+    return classes
+
+
+def _decode_folder(folder: Path, classes: list[str], size: int, channels: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    mode = "RGB" if channels == 3 else "L"
+    images, targets = [], []
+    for label, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            raise DatasetNotFound(f"image_folder: class folder {class_dir} is missing (every class "
+                                  f"in train/ needs a folder in {folder.name}/)")
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as img:
+                    img = img.convert(mode).resize((size, size), Image.BILINEAR)
+                    images.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
+                targets.append(label)
+    if not images:
+        raise DatasetNotFound(f"image_folder: no images under {folder}")
+    return _nchw(np.stack(images), "NHWC"), torch.as_tensor(targets, dtype=torch.int64)
+
+
+def _image_folder_shape(root: str, channels: int = 3, **options) -> tuple[int, int]:
+    return len(image_folder_classes(root)), channels
+
+
+@register_dataset("image_folder", shape=_image_folder_shape)
+def load_image_folder(root: str = "data", download: bool = False, split_seed: int = 0,
+                      image_size: int = 32, channels: int = 3) -> ImageSplits:
+    """A user's ``root/train/<class>/`` and ``root/test/<class>/``, decoded once and resized."""
+    classes = image_folder_classes(root)
+    train_x, train_y = _decode_folder(Path(root) / "train", classes, image_size, channels)
+    test_x, test_y = _decode_folder(Path(root) / "test", classes, image_size, channels)
+    mean, std = channel_stats(train_x)
+    return ImageSplits(train_x, train_y, test_x, test_y, len(classes), mean, std, hflip=True)
