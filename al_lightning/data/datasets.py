@@ -133,43 +133,30 @@ _mnist_like("mnist", "MNIST", "MNIST", 0.1307, 0.3081, hflip=False)
 _mnist_like("fashion_mnist", "FashionMNIST", "FashionMNIST", 0.2860, 0.3530, hflip=True)
 
 
-@register_dataset("cifar10", num_classes=10, in_channels=3)
-def load_cifar10(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-    splits = _torchvision_splits("cifar10", "CIFAR10", root, download,
-                                 ["cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"],
-                                 lambda train: {"train": train}, "NHWC", "targets")
-    return ImageSplits(*splits, num_classes=10, mean=(0.4914, 0.4822, 0.4465),
-                       std=(0.2471, 0.2435, 0.2616), hflip=True)
+def _torchvision_rgb(name: str, cls_name: str, expected: list[str], layout: str, label_attr: str,
+                     num_classes: int, mean: tuple[float, ...], std: tuple[float, ...], hflip: bool,
+                     split_names: tuple[str, str] | None = None) -> None:
+    """Register a 3-channel torchvision dataset; ``split_names`` for datasets that take ``split=``."""
+
+    def split_kw(train: bool) -> dict:
+        return {"train": train} if split_names is None else {"split": split_names[0 if train else 1]}
+
+    def loader(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
+        splits = _torchvision_splits(name, cls_name, root, download, expected, split_kw, layout, label_attr)
+        return ImageSplits(*splits, num_classes=num_classes, mean=mean, std=std, hflip=hflip)
+
+    register_dataset(name, num_classes=num_classes, in_channels=3)(loader)
 
 
-@register_dataset("cifar100", num_classes=100, in_channels=3)
-def load_cifar100(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-    splits = _torchvision_splits("cifar100", "CIFAR100", root, download,
-                                 ["cifar-100-python/train", "cifar-100-python/test"],
-                                 lambda train: {"train": train}, "NHWC", "targets")
-    return ImageSplits(*splits, num_classes=100, mean=(0.5071, 0.4865, 0.4409),
-                       std=(0.2673, 0.2564, 0.2762), hflip=True)
-
-
-@register_dataset("svhn", num_classes=10, in_channels=3)
-def load_svhn(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-    splits = _torchvision_splits("svhn", "SVHN", root, download,
-                                 ["train_32x32.mat", "test_32x32.mat"],
-                                 lambda train: {"split": "train" if train else "test"}, "NCHW",
-                                 "labels")
-    return ImageSplits(*splits, num_classes=10, mean=(0.4377, 0.4438, 0.4728),
-                       std=(0.1980, 0.2010, 0.1970), hflip=False)
-
-
-@register_dataset("stl10", num_classes=10, in_channels=3)
-def load_stl10(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-    """The labeled 5k train split is the pool (the 100k 'unlabeled' split has no ground truth)."""
-    splits = _torchvision_splits("stl10", "STL10", root, download,
-                                 ["stl10_binary/train_X.bin", "stl10_binary/test_X.bin"],
-                                 lambda train: {"split": "train" if train else "test"}, "NCHW",
-                                 "labels")
-    return ImageSplits(*splits, num_classes=10, mean=(0.4467, 0.4398, 0.4066),
-                       std=(0.2603, 0.2566, 0.2713), hflip=True)
+_torchvision_rgb("cifar10", "CIFAR10", ["cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"],
+                 "NHWC", "targets", 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), hflip=True)
+_torchvision_rgb("cifar100", "CIFAR100", ["cifar-100-python/train", "cifar-100-python/test"],
+                 "NHWC", "targets", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), hflip=True)
+_torchvision_rgb("svhn", "SVHN", ["train_32x32.mat", "test_32x32.mat"], "NCHW", "labels", 10,
+                 (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), hflip=False, split_names=("train", "test"))
+# STL-10: the labeled 5k train split is the pool (the 100k 'unlabeled' split has no ground truth).
+_torchvision_rgb("stl10", "STL10", ["stl10_binary/train_X.bin", "stl10_binary/test_X.bin"], "NCHW", "labels", 10,
+                 (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), hflip=True, split_names=("train", "test"))
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
