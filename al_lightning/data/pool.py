@@ -6,11 +6,13 @@ construction. Every mutation validates first and commits after, so a rejected ca
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -168,13 +170,14 @@ class ActivePool:
                 f"num_classes={self.num_classes}, acquisitions={len(self.history)})")
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Readers see the old file or the new one, never a half-written one."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Readers see the old file or the new one, never a half-written one: ``write`` fills a temp
+    file in the same folder, which is fsynced and renamed over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -187,3 +190,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    write_atomic(path, lambda handle: json.dump(payload, codecs.getwriter("utf-8")(handle)))

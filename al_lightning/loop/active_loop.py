@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from al_lightning.data.datamodule import ActiveDataModule
-from al_lightning.data.pool import ActivePool, PoolError, write_json_atomic
+from al_lightning.data.pool import ActivePool, PoolError, write_atomic, write_json_atomic
 from al_lightning.loop.oracle import Oracle, SimulatedOracle
 from al_lightning.methods.base import SSLMethod
 from al_lightning.methods.inference import pool_inference, world
@@ -183,29 +183,15 @@ class ActiveLoop:
         writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
         writer.writeheader()
         writer.writerows(self.results)
-        _write_text_atomic(out / "results.csv", buffer.getvalue())
+        write_atomic(out / "results.csv", lambda handle: handle.write(buffer.getvalue().encode()))
         datamodule.pool.save(out / "pool.json")
         write_json_atomic(out / "selections.json",
                           {str(h["cycle"]): h["indices"] for h in datamodule.pool.history})
         if scoring is not None and scoring.state is not None:
-            _torch_save_atomic(scoring.state.state_dict(), out / "scores" / f"cycle_{row['cycle']}.pt")
+            state = scoring.state.state_dict()
+            write_atomic(out / "scores" / f"cycle_{row['cycle']}.pt", lambda handle: torch.save(state, handle))
         if trainer.logger is not None:
             trainer.logger.log_metrics({"test/acc": row["test_acc"], "test/class_coverage": row["class_coverage"]},
                                        step=row["n_labeled"])
             trainer.logger.save()
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _torch_save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
