@@ -1,10 +1,13 @@
+import random
+
 import numpy as np
 import pytest
 import torch
 
 from al_lightning.data import ActiveDataModule, DatasetNotFound
 from al_lightning.data.samplers import RepeatedPermutationSampler, ShardSampler
-from al_lightning.data.transforms import Cutout, FixMatchRandAugment, build_views
+from al_lightning.data import transforms
+from al_lightning.data.transforms import Cutout, FixMatchRandAugment, ReflectPadCrop, build_views
 
 
 def test_digits_split_is_stratified_seeded_and_uint8(digits):
@@ -70,6 +73,49 @@ def test_strong_view_differs_from_weak_and_keeps_shape():
     for _ in range(50):  # every FixMatch op must accept a one-channel 8x8 image
         out = FixMatchRandAugment(2)(grey)
         assert out.shape == (1, 8, 8) and out.dtype == torch.uint8
+
+
+def test_geometric_ops_match_pil_nearest_resampling():
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    mismatched = total = 0
+    for h, w in [(8, 8), (32, 32), (7, 9)]:
+        for _ in range(30):
+            arr = rng.integers(0, 256, (h, w), dtype=np.uint8)
+            m = [1 + rng.uniform(-.3, .3), rng.uniform(-.3, .3), rng.uniform(-3, 3),
+                 rng.uniform(-.3, .3), 1 + rng.uniform(-.3, .3), rng.uniform(-3, 3)]
+            ref = np.asarray(Image.fromarray(arr).transform((w, h), Image.AFFINE, m, Image.NEAREST, fillcolor=128))
+            ours = transforms.affine_nearest(torch.from_numpy(arr)[None], m, 128)[0].numpy()
+            mismatched, total = mismatched + (ref != ours).sum(), total + ref.size
+    assert mismatched <= 1e-3 * total  # only float ties at pixel boundaries may differ
+    for seed in range(20):
+        arr = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+        random.seed(seed)
+        ours = transforms._rotate(torch.from_numpy(arr)[None])[0].numpy()
+        random.seed(seed)
+        degrees = transforms._signed(30.0 * random.random())
+        assert np.array_equal(ours, np.asarray(Image.fromarray(arr).rotate(degrees, fillcolor=128)))
+
+
+def test_equalize_matches_pil():
+    from PIL import Image, ImageOps
+    rng = np.random.default_rng(1)
+    for divisor in [1, 3, 40, 255]:
+        arr = rng.integers(0, 256, (8, 8), dtype=np.uint8) // np.uint8(divisor)
+        ours = transforms.equalize(torch.from_numpy(arr)[None])[0].numpy()
+        assert np.array_equal(ours, np.asarray(ImageOps.equalize(Image.fromarray(arr))))
+
+
+def test_reflect_pad_crop_is_one_of_the_padded_crops_and_reaches_all():
+    img = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
+    padded = torch.nn.functional.pad(img.float()[None], (1, 1, 1, 1), mode="reflect")[0].byte()
+    offsets = set()
+    for _ in range(300):
+        out = ReflectPadCrop(8, 1)(img)
+        hits = [(t, l) for t in range(3) for l in range(3) if torch.equal(padded[..., t:t + 8, l:l + 8], out)]
+        assert hits
+        offsets.update(hits)
+    assert len(offsets) == 9
 
 
 def test_cutout_paints_at_most_half_the_side():
