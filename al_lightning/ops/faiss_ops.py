@@ -1,0 +1,101 @@
+"""kNN search and k-means through faiss: exact flat indexes, on the GPU when faiss-gpu sees one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+
+from al_lightning.ops.kmeanspp import kmeanspp
+
+
+def as_float32(x: Any) -> np.ndarray:
+    """A C-contiguous float32 numpy copy (or view) of a tensor or array, as faiss requires."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_RESOURCES: list[Any] = []
+
+
+def _on_device(index: faiss.Index) -> faiss.Index:
+    if not gpu_available():
+        return index
+    if not _RESOURCES:
+        _RESOURCES.append(faiss.StandardGpuResources())
+    return faiss.index_cpu_to_gpu(_RESOURCES[0], 0, index)
+
+
+def knn_search(base: Any, queries: Any | None = None, k: int = 1, metric: str = "l2"
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``base`` for every query row (``queries`` defaults to ``base``,
+    whose own row then comes first). ``metric``: ``l2`` returns squared Euclidean distances,
+    ``ip`` inner products (largest first). Exact search (flat index)."""
+    if metric not in ("l2", "ip"):
+        raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
+    base = as_float32(base)
+    queries = base if queries is None else as_float32(queries)
+    k = min(k, base.shape[0])
+    index = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(base.shape[1])
+    index = _on_device(index)
+    index.add(base)
+    distances, indices = index.search(queries, k)
+    return distances, indices.astype(np.int64)
+
+
+def kmeans(x: Any, k: int, seed: int = 0, restarts: int = 1, iterations: int = 20, init: str = "kmeans++"
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means (faiss), the lowest-inertia of ``restarts`` seeded runs: ``(centroids (k, d),
+    assignments (n,))``. ``init``: k-means++ seeding (default, as scikit-learn) or faiss's random
+    sample. Every point is used (no sub-sampling)."""
+    x = as_float32(x)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k-means needs 1 <= k <= n, got k={k} for n={x.shape[0]}")
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"k-means init must be 'kmeans++' or 'random', got {init!r}")
+    best: tuple[float, np.ndarray] | None = None
+    for r in range(restarts):
+        clusterer = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed + r, gpu=gpu_available(),
+                                 max_points_per_centroid=max(256, -(-x.shape[0] // k)), min_points_per_centroid=1,
+                                 verbose=False)
+        if init == "kmeans++":
+            seeds = kmeanspp(torch.from_numpy(x), k, np.random.default_rng([seed, r]))
+            clusterer.train(x, init_centroids=x[seeds])
+        else:
+            clusterer.train(x)
+        inertia = float(clusterer.obj[-1]) if len(clusterer.obj) else 0.0
+        if best is None or inertia < best[0]:
+            best = (inertia, clusterer.centroids.copy())
+    assert best is not None
+    centroids = best[1]
+    _, assignments = knn_search(centroids, x, 1)
+    return centroids, assignments[:, 0]
+
+
+def nearest_to_centres(x: Any, centres: Any, candidates: int = 16) -> np.ndarray:
+    """One distinct row of ``x`` per centre: each centre takes its nearest row not already taken,
+    centres served in order of how close their best row is (ties to the smaller index)."""
+    x_np, centres_np = as_float32(x), as_float32(centres)
+    n, m = x_np.shape[0], centres_np.shape[0]
+    if m > n:
+        raise ValueError(f"{m} centres but only {n} rows to pick from")
+    k = min(n, max(candidates, 1))
+    while True:
+        dist, idx = knn_search(x_np, centres_np, k)
+        taken = np.zeros(n, dtype=bool)
+        picks = np.full(m, -1, dtype=np.int64)
+        for c in np.lexsort((np.arange(m), dist[:, 0])):
+            free = idx[c][~taken[idx[c]]]
+            if len(free):
+                picks[c] = free[0]
+                taken[free[0]] = True
+        if (picks >= 0).all() or k == n:
+            return picks
+        k = min(n, 4 * k)

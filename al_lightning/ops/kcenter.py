@@ -1,0 +1,69 @@
+"""Greedy k-center (CoreSet; Sener & Savarese 2018; Rethinking deep AL, Eq. 4).
+
+Each pick is the point farthest from every centre so far. The min-distance vector is updated
+incrementally, and a new centre only re-examines the clusters it can possibly steal from: a point
+x of centre j is unaffected when ||c_new - c_j|| >= 2 r_j, where r_j is the largest distance
+in cluster j (triangle inequality). Exact, O(n d) memory, never an n x n matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (x_sq[:, None] + (c * c).sum(1)[None, :] - 2.0 * x @ c.T).clamp_min_(0.0)
+
+
+def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor | None = None,
+                    first: int = 0, chunk: int = 4096) -> list[int]:
+    """Rows of ``features`` picked greedily to minimise the largest distance to a centre.
+
+    ``centres`` (e.g. the labeled embeddings) start the cover; with none, row ``first`` is the
+    first pick. Ties go to the smallest row index.
+    """
+    x = features.float()
+    n = x.shape[0]
+    budget = min(budget, n)
+    x_sq = (x * x).sum(1)
+    min_d2 = torch.full((n,), float("inf"), device=x.device)
+    assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    centre_rows: list[torch.Tensor] = []
+    if centres is not None and len(centres):
+        c = centres.float().to(x.device)
+        for start in range(0, n, chunk):
+            d2 = _sq_dist(x[start:start + chunk], x_sq[start:start + chunk], c)
+            best, arg = d2.min(1)
+            min_d2[start:start + chunk], assign[start:start + chunk] = best, arg
+        centre_rows = list(c)
+    picks: list[int] = []
+    if not centre_rows and budget > 0:
+        picks.append(first)
+        min_d2 = _sq_dist(x, x_sq, x[first:first + 1])[:, 0]
+        min_d2[first] = 0.0
+        assign.zero_()
+        centre_rows.append(x[first])
+    capacity = len(centre_rows) + budget
+    all_centres = torch.zeros(capacity, x.shape[1], device=x.device)
+    all_centres[:len(centre_rows)] = torch.stack(centre_rows)
+    radius = torch.zeros(capacity, device=x.device)
+    radius.scatter_reduce_(0, assign, min_d2.sqrt(), reduce="amax")
+    count = len(centre_rows)
+    while len(picks) < budget:
+        top = torch.max(min_d2)
+        i = int(torch.nonzero(min_d2 == top)[0, 0])
+        picks.append(i)
+        new = x[i]
+        gap = (all_centres[:count] - new).norm(dim=1)
+        touched = gap <= 2.0 * radius[:count] * (1.0 + 1e-4) + 1e-6  # margin for float rounding
+        rows = torch.nonzero(touched[assign], as_tuple=True)[0]
+        d2 = (x_sq[rows] + x_sq[i] - 2.0 * (x[rows] @ new)).clamp_min_(0.0)
+        closer = d2 < min_d2[rows]
+        moved = rows[closer]
+        min_d2[moved], assign[moved] = d2[closer], count
+        min_d2[i], assign[i] = 0.0, count
+        all_centres[count] = new
+        radius[:count][touched] = 0.0
+        radius[:count + 1].scatter_reduce_(0, assign[rows], min_d2[rows].sqrt(), reduce="amax")
+        count += 1
+    return picks

@@ -1,0 +1,100 @@
+"""Unsupervised Selective Labeling (USL; Wang, Lian, Yu, ECCV 2022, section 2.2 and Alg. 1).
+
+On L2-normalised features: utility U = kNN density 1 / mean distance to the k nearest neighbours
+(Eq. 3, k = 400); k-means into m clusters; the densest sample of each cluster; then ``iterations``
+rounds of the inter-cluster regulariser
+
+    Reg(V_i, t)    = sum over the other clusters' picks j of 1 / ||V_i - V_j^(t-1)||^alpha   (Eq. 5)
+    Reg_bar(V_i,t) = m_reg Reg_bar(V_i, t-1) + (1 - m_reg) Reg(V_i, t)                       (Eq. 6)
+    U'(V_i, t)     = U(V_i) - lambda Reg_bar(V_i, t), argmax within each cluster              (Eq. 7)
+
+with (lambda, alpha) = (0.5, 0.5) for at most 100 picks, (1.0, 1.0) above (Table 14). With a
+``horizon`` only the picks of the ``horizon`` nearest clusters count (the paper's large-scale mode).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from al_lightning.ops.faiss_ops import as_float32, kmeans, knn_search
+
+
+def knn_density(x: np.ndarray, k: int = 400) -> np.ndarray:
+    """1 / mean Euclidean distance to the ``k`` nearest other samples (Eq. 3 up to a constant)."""
+    sq, _ = knn_search(x, x, min(k + 1, x.shape[0]))
+    mean_distance = np.sqrt(np.maximum(sq[:, 1:], 0.0)).mean(1)
+    return 1.0 / np.maximum(mean_distance, 1e-12)
+
+
+def argmax_per_cluster(values: np.ndarray, assign: np.ndarray, m: int) -> np.ndarray:
+    """Row of the largest value in each of the ``m`` clusters (ties: smaller row), -1 if empty."""
+    order = np.lexsort((np.arange(len(values)), -values, assign))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = assign[order[1:]] != assign[order[:-1]]
+    best = np.full(m, -1, dtype=np.int64)
+    best[assign[order[first]]] = order[first]
+    return best
+
+
+def usl_regulariser(x: torch.Tensor, assign: torch.Tensor, picks: torch.Tensor, alpha: float,
+                    neighbours: torch.Tensor | None, chunk: int = 2048) -> torch.Tensor:
+    """Eq. 5 for every sample: sum of 1 / distance^alpha to the picks of the other clusters
+    (of the ``neighbours`` clusters of its own, when a horizon is set)."""
+    out = torch.empty(len(x), dtype=torch.float64)
+    chosen = x[picks.clamp_min(0)]
+    valid = picks >= 0
+    for start in range(0, len(x), chunk):
+        xs, own = x[start:start + chunk], assign[start:start + chunk]
+        if neighbours is None:
+            d = torch.cdist(xs, chosen).double()
+            mask = valid[None, :].expand(len(xs), -1).clone()
+            mask[torch.arange(len(xs)), own] = False
+        else:
+            others = neighbours[own]  # (b, H) cluster ids, own cluster excluded
+            d = (xs[:, None, :] - chosen[others]).norm(dim=-1).double()
+            mask = valid[others]
+        inv = d.clamp_min(1e-12).pow(-alpha)
+        out[start:start + chunk] = (inv * mask).sum(1)
+    return out
+
+
+def usl_regularised_picks(x: np.ndarray, utility: np.ndarray, assign: np.ndarray, m: int, lam: float,
+                          alpha: float, m_reg: float = 0.9, iterations: int = 10,
+                          neighbours: np.ndarray | None = None) -> np.ndarray:
+    """Alg. 1: per-cluster argmax of U, then ``iterations`` regularised re-selections (-1: empty)."""
+    xt, at = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(assign)
+    nbrs = None if neighbours is None else torch.from_numpy(neighbours)
+    picks = argmax_per_cluster(utility, assign, m)
+    reg_bar = np.zeros(len(x))
+    for _ in range(iterations):
+        reg = usl_regulariser(xt, at, torch.from_numpy(picks), alpha, nbrs).numpy()
+        reg_bar = m_reg * reg_bar + (1.0 - m_reg) * reg
+        picks = argmax_per_cluster(utility - lam * reg_bar, assign, m)
+    return picks
+
+
+def usl_select(features: Any, m: int, k: int = 400, lam: float | None = None, alpha: float | None = None,
+               m_reg: float = 0.9, iterations: int = 10, horizon: int | None = None, seed: int = 0,
+               kmeans_restarts: int = 1) -> np.ndarray:
+    """``m`` rows, one per k-means cluster, each the argmax of the regularised utility."""
+    x = as_float32(features)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = x.shape[0]
+    m = min(m, n)
+    lam = (0.5 if m <= 100 else 1.0) if lam is None else lam
+    alpha = (0.5 if m <= 100 else 1.0) if alpha is None else alpha
+    utility = knn_density(x, k)
+    centroids, assign = kmeans(x, m, seed=seed, restarts=kmeans_restarts)
+    neighbours = None
+    if horizon is not None and horizon < m - 1:
+        neighbours = knn_search(centroids, centroids, horizon + 1)[1][:, 1:]
+    picks = usl_regularised_picks(x, utility, assign, m, lam, alpha, m_reg, iterations, neighbours)
+    picks = picks[picks >= 0]
+    if len(picks) < m:  # empty clusters: top up with the densest samples not yet picked
+        rest = np.argsort(-utility, kind="stable")
+        rest = rest[~np.isin(rest, picks)]
+        picks = np.concatenate([picks, rest[: m - len(picks)]])
+    return picks

@@ -1,0 +1,255 @@
+"""Kernels against brute force on small random inputs."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from al_lightning import ops
+from al_lightning.ops.as3l import match_clusters
+from al_lightning.ops.usl import usl_regularised_picks
+
+
+def brute_k_center(x: np.ndarray, budget: int, centres: np.ndarray | None, first: int) -> list[int]:
+    chosen = [] if centres is not None else [first]
+    cover = list(centres) if centres is not None else [x[first]]
+    while len(chosen) < budget:
+        d = np.array([[np.sum((p - c) ** 2) for c in cover] for p in x]).min(1)
+        i = int(np.argmax(d))
+        chosen.append(i)
+        cover.append(x[i])
+    return chosen
+
+
+@pytest.mark.parametrize("with_centres", [False, True])
+def test_k_center_greedy_equals_exhaustive_greedy(with_centres):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float64)
+    centres = rng.normal(size=(7, 6)) if with_centres else None
+    fast = ops.k_center_greedy(torch.from_numpy(x), 40, None if centres is None else torch.from_numpy(centres),
+                               first=5)
+    assert fast == brute_k_center(x, 40, centres, first=5)
+
+
+def test_k_center_greedy_on_clustered_data_where_pruning_matters():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(loc=10 * c, size=(80, 3)) for c in range(5)])
+    assert ops.k_center_greedy(torch.from_numpy(x), 30, first=0) == brute_k_center(x, 30, None, first=0)
+
+
+def test_badge_low_rank_distances_equal_the_materialised_embedding():
+    rng = np.random.default_rng(2)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(50, 7))), 1)
+    h = torch.from_numpy(rng.normal(size=(50, 11)))
+    a = probs.clone()
+    a[torch.arange(50), a.argmax(1)] -= 1
+    g = (a[:, :, None] * h[:, None, :]).reshape(50, -1)
+    dense = torch.cdist(g, g) ** 2
+    rows, cols = torch.arange(50), torch.arange(50)
+    assert torch.allclose(ops.badge_pairwise_sq_distances(probs, h, rows, cols).double(), dense, atol=1e-8)
+
+
+def test_badge_kmeanspp_follows_d2_sampling_on_the_materialised_embedding():
+    rng = np.random.default_rng(3)
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(80, 5))), 1)
+    h = torch.from_numpy(rng.normal(size=(80, 9)))
+    a = probs.clone()
+    a[torch.arange(80), a.argmax(1)] -= 1
+    g = (a[:, :, None] * h[:, None, :]).reshape(80, -1)
+    fast = ops.badge_kmeanspp(probs, h, 12, np.random.default_rng(7))
+    # replay k-means++ on the dense embedding with the same random draws
+    draw = np.random.default_rng(7)
+    picks = [int(torch.argmax((g * g).sum(1)))]
+    d2 = ((g - g[picks[0]]) ** 2).sum(1).numpy()
+    d2[picks] = 0
+    while len(picks) < 12:
+        cumulative = np.cumsum(d2)
+        i = int(np.searchsorted(cumulative, draw.random() * cumulative[-1]))
+        picks.append(i)
+        d2 = np.minimum(d2, ((g - g[i]) ** 2).sum(1).numpy())
+        d2[picks] = 0
+    assert fast == picks and len(set(fast)) == 12
+
+
+def test_label_propagation_equals_a_dense_solve():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    w_n = ops.knn_affinity(x, k=10)
+    dense_w = w_n.toarray()
+    assert np.allclose(dense_w, dense_w.T) and np.all(np.diag(dense_w) == 0)
+    labeled, labels = np.array([0, 5, 9, 30, 77]), np.array([0, 1, 2, 0, 1])
+    y = np.zeros((200, 3))
+    y[labeled, labels] = 1
+    exact = np.linalg.solve(np.eye(200) - 0.99 * dense_w, y)
+    cg = ops.conjugate_gradient(w_n, y, 0.99, tol=1e-12, max_iter=2000)
+    assert np.allclose(cg, exact, atol=1e-6 * np.abs(exact).max())
+    probs, pseudo, weights = ops.label_propagation(x, labeled, labels, 3, k=10, max_iter=2000)
+    clipped = np.maximum(exact, 0)
+    expected = clipped / clipped.sum(1, keepdims=True)
+    assert np.allclose(probs, expected, atol=1e-5)
+    assert np.array_equal(pseudo[labeled], labels) and np.all(weights[labeled] == 1)
+    entropy = -(expected * np.log(np.maximum(expected, 1e-300))).sum(1)
+    free = np.setdiff1d(np.arange(200), labeled)
+    assert np.allclose(weights[free], 1 - entropy[free] / np.log(3), atol=1e-5)
+
+
+def test_knn_affinity_uses_cubed_clipped_cosine_and_is_symmetric():
+    x = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], dtype=np.float32)
+    w = ops.knn_affinity(x, k=1).toarray()
+    # 1-NN: 0<->1 (cos 0.8), 2->1 (cos 0.6), 3->? (cos 0 with 2, -1 with 0): zero weight dropped
+    raw = np.zeros((4, 4))
+    raw[0, 1] = raw[1, 0] = 0.8 ** 3
+    raw[2, 1] = 0.6 ** 3
+    w_sym = raw + raw.T
+    d = w_sym.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-300)), 0)
+    assert np.allclose(w, inv[:, None] * w_sym * inv[None, :], atol=1e-6)
+
+
+def test_jlp_picks_the_least_manifold_similar_one_at_a_time():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    labeled, candidates = np.arange(10), np.arange(10, 120)
+    picks = ops.joint_label_propagation_select(x, labeled, candidates, 4, k=8, max_iter=3000)
+    dense = ops.knn_affinity(x, k=8).toarray()
+    inverse = np.linalg.inv(np.eye(120) - 0.99 * dense)
+    chosen: list[int] = []
+    for _ in range(4):
+        delta = np.zeros(120)
+        delta[np.concatenate([labeled, chosen]).astype(int)] = 1
+        sim = inverse @ delta
+        order = [c for c in candidates if c not in chosen]
+        chosen.append(int(min(order, key=lambda c: sim[c])))
+    assert picks == chosen
+
+
+def test_usl_one_pick_per_cluster_each_the_regularised_argmax():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(150, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assign = rng.integers(0, 6, size=150)
+    utility = rng.random(150)
+    picks = usl_regularised_picks(x, utility, assign, 6, lam=0.5, alpha=0.5, m_reg=0.9, iterations=10)
+    # brute force Alg. 1
+    best = [int(np.flatnonzero(assign == c)[np.argmax(utility[assign == c])]) for c in range(6)]
+    reg_bar = np.zeros(150)
+    for _ in range(10):
+        reg = np.array([sum(1 / np.linalg.norm(x[i] - x[best[c]]) ** 0.5 for c in range(6) if c != assign[i])
+                        for i in range(150)])
+        reg_bar = 0.9 * reg_bar + 0.1 * reg
+        value = utility - 0.5 * reg_bar
+        best = [int(np.flatnonzero(assign == c)[np.argmax(value[assign == c])]) for c in range(6)]
+    assert picks.tolist() == best
+    assert sorted(assign[picks].tolist()) == list(range(6))
+
+
+def test_usl_select_returns_m_distinct_rows_one_per_kmeans_cluster():
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(loc=5 * c, size=(40, 3)) for c in range(8)]).astype(np.float32)
+    picks = ops.usl_select(x, 8, k=10, seed=0)
+    assert len(set(picks.tolist())) == 8
+    _, assign = ops.kmeans(x / np.linalg.norm(x, axis=1, keepdims=True), 8, seed=0)
+    assert len(set(assign[picks].tolist())) == 8
+
+
+def test_knn_density_is_inverse_mean_distance_to_the_k_nearest():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    expected = 1 / np.sort(d, 1)[:, :5].mean(1)
+    assert np.allclose(ops.knn_density(x, 5), expected, rtol=1e-4)
+
+
+def test_constrained_seed_kmeans_keeps_labeled_samples_in_a_cluster_of_their_label():
+    rng = np.random.default_rng(9)
+    x = np.concatenate([rng.normal(loc=4 * c, size=(50, 2)) for c in range(3)]).astype(np.float32)
+    labeled = np.array([0, 1, 60, 61, 120, 2])
+    labels = np.array([0, 0, 1, 1, 2, 1])  # row 2 is "mislabeled": the constraint must still hold
+    for k in (3, 6, 9):
+        assign, cluster_label = ops.constrained_seed_kmeans(x, labeled, labels, k, seed=0)
+        assert np.array_equal(cluster_label[assign[labeled]], labels)
+        assert (cluster_label >= 0).sum() == 3
+    ppl = ops.prior_pseudo_labels(x, labeled, labels, 3, cluster_counts=[3, 6], seed=0)
+    assert np.allclose(ppl.sum(1), 1) and ppl.shape == (150, 3)
+    assert (ppl[130:150].argmax(1) == 2).mean() > 0.9
+
+
+def test_match_clusters_recovers_a_permutation():
+    a = np.array([0, 0, 1, 1, 2, 2, 2])
+    assert np.array_equal(match_clusters(a, np.array([2, 2, 0, 0, 1, 1, 1]), 3), a)
+
+
+def test_stable_cluster_select_and_kmedoids_return_distinct_rows():
+    rng = np.random.default_rng(10)
+    x = np.concatenate([rng.normal(loc=6 * c, size=(30, 4)) for c in range(5)]).astype(np.float32)
+    for picks in (ops.stable_cluster_select(x, 5, runs=3, seed=0), ops.k_medoids(x, 5, seed=0)):
+        assert len(set(picks.tolist())) == 5
+        assert sorted((picks // 30).tolist()) == [0, 1, 2, 3, 4]  # one per well-separated blob
+
+
+def test_k_medoids_medoid_minimises_summed_distance():
+    rng = np.random.default_rng(11)
+    pts = torch.from_numpy(rng.normal(size=(25, 3)))
+    brute = int(torch.cdist(pts, pts).sum(1).argmin())
+    assert ops.kmedoids.cluster_medoid(pts) == brute
+
+
+def test_symmetric_kl_k_center_equals_brute_force():
+    rng = np.random.default_rng(12)
+    p = torch.softmax(torch.from_numpy(rng.normal(size=(60, 4)) * 2), 1)
+    centres = torch.softmax(torch.from_numpy(rng.normal(size=(3, 4))), 1)
+    picks = ops.contextual_diversity_k_center(p, 8, centres)
+
+    def skl(a, b):
+        return 0.5 * float((a * (a / b).log()).sum() + (b * (b / a).log()).sum())
+    cover, chosen = list(centres), []
+    for _ in range(8):
+        d = [min(skl(row, c) for c in cover) for row in p]
+        i = int(np.argmax(d))
+        chosen.append(i)
+        cover.append(p[i])
+    assert picks == chosen
+
+
+def test_alfamix_candidates_are_exactly_the_prediction_flips():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 3).double()
+    z = torch.randn(100, 6, dtype=torch.float64)
+    anchors = torch.randn(3, 6, dtype=torch.float64)
+    mask = ops.alfamix_candidates(z, head, anchors, budget=1000, mode="closed_form")
+    # budget above n: the cap climbs to 1; brute force over the same alphas
+    pred = head(z).argmax(1)
+    zv = z.clone().requires_grad_(True)
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(head(zv), pred), zv)[0]
+    expected = torch.zeros(100, dtype=torch.bool)
+    cap = 0.0
+    while cap < 1.0:
+        cap += 1 / 32
+        eps = cap / np.sqrt(6)
+        for anchor in anchors:
+            gap = anchor - z
+            alpha = eps * gap.norm(dim=1, keepdim=True) / grads.norm(dim=1, keepdim=True) * grads / (gap + 1e-8)
+            expected |= head((1 - alpha) * z + alpha * anchor).argmax(1) != pred
+    assert torch.equal(mask, expected)
+    assert mask.any() and not mask.all()
+    general = ops.alfamix_candidates(z, lambda v: head(v), anchors, budget=1000, mode="closed_form")
+    assert torch.equal(general, expected)  # the per-cap loop for heads that are not affine
+    picks = ops.alfamix_select(z, head, anchors, 10, np.random.default_rng(0))
+    assert len(set(picks.tolist())) == 10
+
+
+def test_nearest_to_centres_is_distinct():
+    x = np.array([[0.0], [0.1], [5.0]], dtype=np.float32)
+    picks = ops.nearest_to_centres(x, np.array([[0.0], [0.05]], dtype=np.float32))
+    assert sorted(picks.tolist()) == [0, 1]
+
+
+def test_knn_search_is_exact():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    dist, idx = ops.knn_search(x, x, 4)
+    brute = ((x[:, None] - x[None]) ** 2).sum(-1)
+    assert np.array_equal(idx, np.argsort(brute, 1, kind="stable")[:, :4])
+    assert np.allclose(dist, np.sort(brute, 1)[:, :4], atol=1e-4)
+    assert sp.issparse(ops.knn_affinity(x, k=3))
