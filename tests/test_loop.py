@@ -77,10 +77,10 @@ def test_initial_index_file(tmp_path):
     dm = ActiveDataModule("digits")
     dm.setup()
     loop = ActiveLoop(initial_index_file=str(ids))
-    assert loop._initial_ids(dm.pool).tolist() == [3, 5, 8, 13]
+    assert loop._initial_ids(dm.pool, None, dm).tolist() == [3, 5, 8, 13]
     ids.write_text("[1, 99999]")
     with pytest.raises(PoolError, match="loop.initial_index_file: ids out of range"):
-        loop._initial_ids(dm.pool)
+        loop._initial_ids(dm.pool, None, dm)
 
 
 def test_print_config_shows_the_paper_values(capsys):

@@ -13,7 +13,7 @@ def context_for(dm, scores=None, cycle=0, seed=0):
                               scores, cycle, seed)
 
 
-@pytest.mark.parametrize("name", ["random", "entropy", "assl"])
+@pytest.mark.parametrize("name", STRATEGIES.names())
 def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name):
     scores = OnlineScoreState(digits.pool.size)
     scores.update(torch.arange(digits.pool.size), torch.rand(digits.pool.size), torch.rand(digits.pool.size),
@@ -62,3 +62,35 @@ def test_random_changes_with_the_cycle_and_warns_when_the_pool_is_short(digits):
 def test_assl_without_the_scoring_callback_says_how_to_fix_it(digits):
     with pytest.raises(RuntimeError, match="OnlineScoring to trainer.callbacks"):
         ASSL().select(context_for(digits), 5)
+
+
+@pytest.mark.parametrize("name", ["margin", "least_confidence"])
+def test_probability_rankings_match_brute_force(digits, name):
+    context = context_for(digits)
+    picked = STRATEGIES.get(name)().select(context, 9)
+    probs = np.sort(context.probs.numpy(), 1)
+    value = probs[:, -1] - probs[:, -2] if name == "margin" else probs[:, -1]
+    assert set(picked.tolist()) == set(context.unlabeled[np.argsort(value, kind="stable")[:9]].tolist())
+
+
+def test_coreset_uses_labeled_embeddings_as_the_initial_cover(digits):
+    from al_lightning.ops import k_center_greedy
+    context = context_for(digits)
+    picked = STRATEGIES.get("coreset")().select(context, 6)
+    rows = k_center_greedy(context.embeddings, 6, centres=context.labeled_embeddings)
+    assert picked.tolist() == context.unlabeled[rows].tolist()
+
+
+def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):
+    from al_lightning.ops import kmeanspp
+    size = digits.pool.size
+    scores = OnlineScoreState(size)
+    gen = torch.Generator().manual_seed(3)
+    scores.update(torch.arange(size), torch.rand(size, generator=gen), torch.rand(size, generator=gen),
+                  torch.zeros(size, dtype=torch.long), torch.zeros(size))
+    context = context_for(digits, scores)
+    picked = STRATEGIES.get("assl_div")().select(context, 5)
+    weighted = scores.score[torch.as_tensor(context.unlabeled)].float()[:, None] * context.embeddings
+    first = int(weighted.norm(dim=1).argmax())
+    assert picked[0] == context.unlabeled[first]
+    assert picked.tolist() == context.unlabeled[kmeanspp(weighted, 5, context.rng(), first=first)].tolist()

@@ -74,6 +74,8 @@ class ActiveLoop:
         budget: labels bought per acquisition.
         initial_size: size of the random initial labeled set.
         initial_index_file: ids of the initial labeled set instead (JSON list or plain text).
+        initial_strategy: a single-shot strategy (USL, KMedoids, AS3L, ...) that picks the
+            ``initial_size`` initial labels with the untrained model, instead of random.
         strategy: the acquisition strategy (default: ASSL's online score).
         weights: ``random_init`` reloads the same initial weights before every fit (RandInit);
             ``continue`` keeps the previous fit's weights (ConInit).
@@ -82,13 +84,14 @@ class ActiveLoop:
     """
 
     def __init__(self, cycles: int = 10, budget: int = 100, initial_size: int = 100,
-                 initial_index_file: str | None = None, strategy: Strategy | None = None,
+                 initial_index_file: str | None = None, initial_strategy: Strategy | None = None,
+                 strategy: Strategy | None = None,
                  weights: Literal["random_init", "continue"] = "random_init",
                  oracle: Oracle | None = None, seed: int = 0) -> None:
         if cycles < 1 or budget < 0 or initial_size < 1:
             raise ValueError("loop.cycles and loop.initial_size must be >= 1 and loop.budget >= 0")
         self.cycles, self.budget, self.initial_size = cycles, budget, initial_size
-        self.initial_index_file = initial_index_file
+        self.initial_index_file, self.initial_strategy = initial_index_file, initial_strategy
         self.strategy = strategy if strategy is not None else ASSL()
         self.weights, self.seed = weights, seed
         self.oracle = oracle if oracle is not None else SimulatedOracle()
@@ -103,7 +106,7 @@ class ActiveLoop:
         pool = datamodule.pool
         assert pool is not None
         if pool.num_labeled == 0:
-            self._label(datamodule, self._initial_ids(pool), cycle=0)
+            self._label(datamodule, self._initial_ids(pool, model, datamodule), cycle=0)
         initial_weights = copy.deepcopy(model.state_dict())
         model.reset_teacher()
         for cycle in range(self.cycles):
@@ -142,11 +145,15 @@ class ActiveLoop:
         return self.results
 
     # ---------------------------------------------------------------- pieces
-    def _initial_ids(self, pool: ActivePool) -> np.ndarray:
+    def _initial_ids(self, pool: ActivePool, model: SSLMethod, datamodule: ActiveDataModule) -> np.ndarray:
         if self.initial_index_file:
             return read_index_file(self.initial_index_file, pool.size)
         if self.initial_size > pool.size:
             raise PoolError(f"loop.initial_size {self.initial_size} exceeds the pool size {pool.size}")
+        if self.initial_strategy is not None:
+            context = AcquisitionContext(pool, model.inference_model, datamodule.inference_dataloader,
+                                         torch.device("cpu"), None, cycle=0, seed=self.seed)
+            return self.initial_strategy.select(context, self.initial_size)
         return np.random.default_rng(self.seed).choice(pool.size, size=self.initial_size, replace=False)
 
     def _label(self, datamodule: ActiveDataModule, ids: np.ndarray, cycle: int) -> None:

@@ -21,7 +21,12 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.head()(features)
+
+    def head(self) -> nn.Module:
+        """The classifier ``classify`` applies to features (an ``nn.Linear`` in every registered
+        backbone: ALFA-Mix exploits that it is affine)."""
+        return self.fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.embed(x))

@@ -43,9 +43,6 @@ class ResNetCifar(Backbone):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(self.stem(x)).mean(dim=(2, 3))
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
 
 @register_backbone("resnet18_cifar")
 def resnet18_cifar(num_classes: int, in_channels: int = 3) -> ResNetCifar:

@@ -30,9 +30,6 @@ class SmallCNN(Backbone):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean(dim=(2, 3))
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
 
 @register_backbone("small_cnn")
 def small_cnn(num_classes: int, in_channels: int = 1, width: int = 32, bn_momentum: float = 0.1) -> SmallCNN:

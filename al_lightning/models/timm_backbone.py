@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from al_lightning.models.base import Backbone, register_backbone
 
@@ -19,8 +20,8 @@ class TimmBackbone(Backbone):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.get_classifier()(features)
+    def head(self) -> nn.Module:
+        return self.model.get_classifier()
 
 
 @register_backbone("timm")

@@ -63,9 +63,6 @@ class WideResNet(Backbone):
         out = self.act(self.bn(self.blocks(self.conv(x))))
         return out.mean(dim=(2, 3))
 
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features)
-
 
 @register_backbone("wrn28_2")
 def wrn28_2(num_classes: int, in_channels: int = 3) -> WideResNet:

@@ -5,9 +5,21 @@ from al_lightning.strategies.base import STRATEGIES, AcquisitionContext, Strateg
 
 import_submodules(__name__, __path__)
 
+from al_lightning.strategies.alfamix import ALFAMix  # noqa: E402
+from al_lightning.strategies.as3l import AS3L  # noqa: E402
 from al_lightning.strategies.assl import ASSL  # noqa: E402
+from al_lightning.strategies.assl_div import ASSLDiv  # noqa: E402
+from al_lightning.strategies.badge import BADGE  # noqa: E402
+from al_lightning.strategies.cdal import CDAL  # noqa: E402
+from al_lightning.strategies.coreset import CoreSet  # noqa: E402
 from al_lightning.strategies.entropy import Entropy  # noqa: E402
+from al_lightning.strategies.jlp import JLP  # noqa: E402
+from al_lightning.strategies.kmedoids import KMedoids  # noqa: E402
+from al_lightning.strategies.least_confidence import LeastConfidence  # noqa: E402
+from al_lightning.strategies.margin import Margin  # noqa: E402
 from al_lightning.strategies.random import Random  # noqa: E402
+from al_lightning.strategies.usl import USL  # noqa: E402
 
-__all__ = ["ASSL", "AcquisitionContext", "Entropy", "Random", "STRATEGIES", "Strategy",
+__all__ = ["ALFAMix", "AS3L", "ASSL", "ASSLDiv", "AcquisitionContext", "BADGE", "CDAL", "CoreSet", "Entropy",
+           "JLP", "KMedoids", "LeastConfidence", "Margin", "Random", "STRATEGIES", "Strategy", "USL",
            "register_strategy", "top_k"]

@@ -22,7 +22,8 @@ from al_lightning.scoring.online import OnlineScoreState
 
 
 class AcquisitionContext:
-    """What a strategy may look at when it picks; every array is aligned with ``unlabeled``."""
+    """What a strategy may look at when it picks. Unlabeled arrays are aligned with ``unlabeled``,
+    labeled ones with ``labeled``; a strategy may read the labels of labeled samples, never others."""
 
     def __init__(self, pool: ActivePool, model: Backbone, loader_for: Callable, device: torch.device,
                  scores: OnlineScoreState | None = None, cycle: int = 0, seed: int = 0) -> None:
@@ -34,8 +35,20 @@ class AcquisitionContext:
         return self.pool.unlabeled_indices
 
     @cached_property
+    def labeled(self) -> np.ndarray:
+        return self.pool.labeled_indices
+
+    @cached_property
+    def labeled_labels(self) -> np.ndarray:
+        return self.pool.labels_of(self.labeled)
+
+    @cached_property
     def _inference(self) -> tuple[torch.Tensor, torch.Tensor]:
         return pool_inference(self.model, self.loader_for, self.unlabeled, self.device)
+
+    @cached_property
+    def _labeled_inference(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return pool_inference(self.model, self.loader_for, self.labeled, self.device)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -46,6 +59,36 @@ class AcquisitionContext:
     def probs(self) -> torch.Tensor:
         """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)``."""
         return torch.softmax(self._inference[1], dim=-1)
+
+    @property
+    def labeled_embeddings(self) -> torch.Tensor:
+        return self._labeled_inference[0]
+
+    @cached_property
+    def labeled_probs(self) -> torch.Tensor:
+        return torch.softmax(self._labeled_inference[1], dim=-1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.pool.num_classes
+
+    @property
+    def classifier(self) -> torch.nn.Module:
+        """The EMA model's classifier head: embeddings -> logits (differentiable)."""
+        return self.model.head()
+
+    def pixels(self, ids: np.ndarray) -> torch.Tensor:
+        """Flattened, normalised, un-augmented images of ``ids``: features that need no model."""
+        rows = [batch["plain"].flatten(1) for batch in self.loader_for(np.asarray(ids))]
+        return torch.cat(rows).float() if rows else torch.empty(0)
+
+    def features(self, kind: str, labeled: bool = False) -> torch.Tensor:
+        """``embedding`` (EMA model) or ``pixels`` of the unlabeled (or labeled) samples."""
+        if kind == "embedding":
+            return self.labeled_embeddings if labeled else self.embeddings
+        if kind == "pixels":
+            return self.pixels(self.labeled if labeled else self.unlabeled)
+        raise ValueError(f"features must be 'embedding' or 'pixels', got {kind!r}")
 
     @property
     def scores(self) -> OnlineScoreState:

@@ -1,0 +1,20 @@
+"""ASSL's "Ours-Div" (Lim, Na, Kwak, section 4): each unlabeled embedding scaled by its online
+score u_UCB x i_UCB, then k-means++ seeding picks a batch that is both uncertain and diverse. The
+first seed is the largest weighted embedding, as in BADGE's seeding that the reference code shares."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from al_lightning.ops import kmeanspp
+from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
+
+
+@register_strategy("assl_div")
+class ASSLDiv(Strategy):
+    def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        score = context.scores.score[torch.as_tensor(context.unlabeled)].float()
+        weighted = score.cpu()[:, None] * context.embeddings.float().cpu()
+        first = int(weighted.norm(dim=1).argmax())
+        return context.unlabeled[kmeanspp(weighted, budget, context.rng(), first=first)]

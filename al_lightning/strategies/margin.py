@@ -1,0 +1,14 @@
+"""Margin sampling (Scheffer et al. 2001): the smallest gap between the two most probable classes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy, top_k
+
+
+@register_strategy("margin")
+class Margin(Strategy):
+    def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        top2 = context.probs.topk(2, dim=-1).values
+        return top_k(context, -(top2[:, 0] - top2[:, 1]), budget)
