@@ -29,7 +29,7 @@ def contextual_diversity_k_center(probs: torch.Tensor, budget: int, centre_probs
     self_term = (p * log_p).sum(1)
     n = len(p)
     budget = min(budget, n)
-    min_d = torch.full((n,), float("inf"), dtype=torch.float64)
+    min_d = torch.full((n,), float("inf"), dtype=torch.float64, device=p.device)
     picks: list[int] = []
     if centre_probs is not None and len(centre_probs):
         c = centre_probs.double().clamp_min(EPS)
