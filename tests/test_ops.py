@@ -253,3 +253,25 @@ def test_knn_search_is_exact():
     assert np.array_equal(idx, np.argsort(brute, 1, kind="stable")[:, :4])
     assert np.allclose(dist, np.sort(brute, 1)[:, :4], atol=1e-4)
     assert sp.issparse(ops.knn_affinity(x, k=3))
+
+
+def test_usl_horizon_over_all_other_clusters_equals_the_full_regulariser():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(90, 3)).astype(np.float32)
+    assign = rng.integers(0, 5, size=90)
+    utility = rng.random(90)
+    everyone = np.array([[c for c in range(5) if c != own] for own in range(5)])
+    full = usl_regularised_picks(x, utility, assign, 5, 1.0, 1.0)
+    assert np.array_equal(usl_regularised_picks(x, utility, assign, 5, 1.0, 1.0, neighbours=everyone), full)
+
+
+def test_alfamix_optimised_alpha_flags_only_samples_a_small_mix_can_flip():
+    head = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        head.bias.zero_()
+    near = torch.tensor([[0.01, 0.0]]).repeat(10, 1)  # class 0, at the boundary
+    far = torch.tensor([[50.0, 0.0]]).repeat(10, 1)  # class 0, a mix of 1/32 cannot flip it
+    anchors = torch.tensor([[5.0, 0.0], [-5.0, 0.0]])
+    mask = ops.alfamix_candidates(torch.cat([near, far]), head, anchors, budget=5, mode="optimised")
+    assert mask[:10].all() and not mask[10:].any()
