@@ -37,13 +37,18 @@ def test_k_center_greedy_on_clustered_data_where_pruning_matters():
     assert ops.k_center_greedy(torch.from_numpy(x), 30, first=0) == brute_k_center(x, 30, None, first=0)
 
 
+def materialised_badge(probs: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """BADGE's gradient embedding written out: (p - onehot(argmax p)) outer h, flattened."""
+    a = probs.clone()
+    a[torch.arange(len(a)), a.argmax(1)] -= 1
+    return (a[:, :, None] * h[:, None, :]).reshape(len(a), -1)
+
+
 def test_badge_low_rank_distances_equal_the_materialised_embedding():
     rng = np.random.default_rng(2)
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(50, 7))), 1)
     h = torch.from_numpy(rng.normal(size=(50, 11)))
-    a = probs.clone()
-    a[torch.arange(50), a.argmax(1)] -= 1
-    g = (a[:, :, None] * h[:, None, :]).reshape(50, -1)
+    g = materialised_badge(probs, h)
     dense = torch.cdist(g, g) ** 2
     rows, cols = torch.arange(50), torch.arange(50)
     assert torch.allclose(ops.badge_pairwise_sq_distances(probs, h, rows, cols).double(), dense, atol=1e-8)
@@ -53,9 +58,7 @@ def test_badge_kmeanspp_follows_d2_sampling_on_the_materialised_embedding():
     rng = np.random.default_rng(3)
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(80, 5))), 1)
     h = torch.from_numpy(rng.normal(size=(80, 9)))
-    a = probs.clone()
-    a[torch.arange(80), a.argmax(1)] -= 1
-    g = (a[:, :, None] * h[:, None, :]).reshape(80, -1)
+    g = materialised_badge(probs, h)
     fast = ops.badge_kmeanspp(probs, h, 12, np.random.default_rng(7))
     # replay k-means++ on the dense embedding with the same random draws
     draw = np.random.default_rng(7)
