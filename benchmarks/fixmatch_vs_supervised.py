@@ -28,7 +28,8 @@ def first_cycle_accuracy(config: str, method: type[SSLMethod], seed: int, **over
     L.seed_everything(seed)
     model = cli.model if method is FixMatch else method(**hparams)
     base: ActiveLoop = cli._get(cli.config_init, "loop")
-    loop = ActiveLoop(cycles=1, budget=0, initial_size=base.initial_size, seed=seed)
+    loop = ActiveLoop(cycles=1, budget=0, initial_size=base.initial_size, initial_index_file=base.initial_index_file,
+                      initial_strategy=base.initial_strategy, seed=seed)
     return loop.run(model, cli.datamodule, cli.build_trainer)[0]["test_acc"]
 
 
