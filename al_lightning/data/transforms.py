@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torchvision.transforms import Compose  # a plain loop; v2.Compose inspects every input
 from torchvision.transforms.v2 import functional as F
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -172,18 +173,6 @@ class ReflectPadCrop:
 
 def random_hflip(img: torch.Tensor) -> torch.Tensor:
     return img.flip(-1) if random.random() < 0.5 else img
-
-
-class Compose:
-    """Transforms applied in order; plain calls, no per-call input inspection."""
-
-    def __init__(self, transforms: Sequence[Transform]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        for transform in self.transforms:
-            img = transform(img)
-        return img
 
 
 def weak_augment(size: int, hflip: bool) -> list[Transform]:
