@@ -11,42 +11,46 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-12
+Distributions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def symmetric_kl_to(probs: torch.Tensor, log_probs: torch.Tensor, self_term: torch.Tensor,
-                    q: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """d(p_i, q) for every row i."""
-    return 0.5 * (self_term + (q * log_q).sum() - log_probs @ q - probs @ log_q)
+def _log_distributions(probs: torch.Tensor) -> Distributions:
+    """``(p, log p, p . log p)`` with p renormalised away from zero."""
+    p = probs.double().clamp_min(EPS)
+    p = p / p.sum(1, keepdim=True)
+    log_p = p.log()
+    return p, log_p, (p * log_p).sum(1)
+
+
+def _rows(d: Distributions, rows: slice) -> Distributions:
+    return d[0][rows], d[1][rows], d[2][rows]
+
+
+def symmetric_kl(a: Distributions, b: Distributions) -> torch.Tensor:
+    """``(len(a), len(b))`` symmetric KL divergences."""
+    (p, log_p, s_p), (q, log_q, s_q) = a, b
+    return 0.5 * (s_p[:, None] + s_q[None, :] - log_p @ q.T - p @ log_q.T)
 
 
 def contextual_diversity_k_center(probs: torch.Tensor, budget: int, centre_probs: torch.Tensor | None = None,
                                   first: int = 0) -> list[int]:
     """Rows of ``probs`` picked greedily, each the farthest (symmetric KL) from every centre so far;
     ``centre_probs`` (the labeled predictions) start the cover, else row ``first`` does."""
-    p = probs.double().clamp_min(EPS)
-    p = p / p.sum(1, keepdim=True)
-    log_p = p.log()
-    self_term = (p * log_p).sum(1)
-    n = len(p)
+    dists = _log_distributions(probs)
+    n = len(probs)
     budget = min(budget, n)
-    min_d = torch.full((n,), float("inf"), dtype=torch.float64, device=p.device)
     picks: list[int] = []
     if centre_probs is not None and len(centre_probs):
-        c = centre_probs.double().clamp_min(EPS)
-        c = c / c.sum(1, keepdim=True)
-        log_c = c.log()
-        c_self = (c * log_c).sum(1)
-        for start in range(0, n, 4096):
-            rows = slice(start, start + 4096)
-            d = 0.5 * (self_term[rows, None] + c_self[None, :] - log_p[rows] @ c.T - p[rows] @ log_c.T)
-            min_d[rows] = d.min(1).values
+        centres = _log_distributions(centre_probs.to(probs.device))
+        min_d = torch.cat([symmetric_kl(_rows(dists, slice(start, start + 4096)), centres).min(1).values
+                           for start in range(0, n, 4096)])
     else:
         picks.append(first)
-        min_d = symmetric_kl_to(p, log_p, self_term, p[first], log_p[first])
+        min_d = symmetric_kl(dists, _rows(dists, slice(first, first + 1)))[:, 0]
     min_d[picks] = 0.0
     while len(picks) < budget:
         i = int(torch.argmax(min_d))
         picks.append(i)
-        min_d = torch.minimum(min_d, symmetric_kl_to(p, log_p, self_term, p[i], log_p[i]))
+        min_d = torch.minimum(min_d, symmetric_kl(dists, _rows(dists, slice(i, i + 1)))[:, 0])
         min_d[i] = 0.0
     return picks
