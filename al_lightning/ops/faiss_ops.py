@@ -18,6 +18,12 @@ def as_float32(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def l2_normalised(x: Any) -> np.ndarray:
+    """Rows scaled to unit length, as a new float32 array (the caller's data is left alone)."""
+    x = as_float32(x)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from al_lightning.ops.faiss_ops import as_float32, knn_search
+from al_lightning.ops.faiss_ops import l2_normalised, knn_search
 
 
 def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0) -> sp.csr_matrix:
     """The symmetrically normalised affinity ``W_n`` (n x n, sparse, zero diagonal)."""
-    x = as_float32(features)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalised(features)
     n = x.shape[0]
     sims, nbrs = knn_search(x, x, min(k + 1, n), metric="ip")
     rows = np.repeat(np.arange(n), nbrs.shape[1])

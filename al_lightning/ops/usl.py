@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from al_lightning.ops.faiss_ops import as_float32, kmeans, knn_search
+from al_lightning.ops.faiss_ops import l2_normalised, kmeans, knn_search
 
 
 def knn_density(x: np.ndarray, k: int = 400) -> np.ndarray:
@@ -80,8 +80,7 @@ def usl_select(features: Any, m: int, k: int = 400, lam: float | None = None, al
                m_reg: float = 0.9, iterations: int = 10, horizon: int | None = None, seed: int = 0,
                kmeans_restarts: int = 1) -> np.ndarray:
     """``m`` rows, one per k-means cluster, each the argmax of the regularised utility."""
-    x = as_float32(features)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = l2_normalised(features)
     n = x.shape[0]
     m = min(m, n)
     lam = (0.5 if m <= 100 else 1.0) if lam is None else lam
