@@ -13,11 +13,18 @@ def context_for(dm, scores=None, cycle=0, seed=0):
                               scores, cycle, seed)
 
 
+def random_scores(size: int, seed: int | None) -> OnlineScoreState:
+    """One observation of uniform u and i per sample (global RNG when ``seed`` is None)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    scores = OnlineScoreState(size)
+    scores.update(torch.arange(size), torch.rand(size, generator=gen), torch.rand(size, generator=gen),
+                  torch.zeros(size, dtype=torch.long), torch.zeros(size))
+    return scores
+
+
 @pytest.mark.parametrize("name", STRATEGIES.names())
 def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name):
-    scores = OnlineScoreState(digits.pool.size)
-    scores.update(torch.arange(digits.pool.size), torch.rand(digits.pool.size), torch.rand(digits.pool.size),
-                  torch.zeros(digits.pool.size, dtype=torch.long), torch.zeros(digits.pool.size))
+    scores = random_scores(digits.pool.size, seed=None)
     strategy = STRATEGIES.get(name)()
     torch.manual_seed(0)
     first = strategy.select(context_for(digits, scores), 15)
@@ -29,11 +36,7 @@ def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits,
 
 
 def test_assl_is_the_top_b_of_the_online_score_among_unlabeled(digits):
-    size = digits.pool.size
-    scores = OnlineScoreState(size)
-    gen = torch.Generator().manual_seed(1)
-    scores.update(torch.arange(size), torch.rand(size, generator=gen), torch.rand(size, generator=gen),
-                  torch.zeros(size, dtype=torch.long), torch.zeros(size))
+    scores = random_scores(digits.pool.size, seed=1)
     labeled = digits.pool.labeled_indices
     scores.u_mean[labeled] = 100.0  # the best scores belong to labeled samples: they must be skipped
     picked = ASSL().select(context_for(digits, scores), 10)
@@ -83,11 +86,7 @@ def test_coreset_uses_labeled_embeddings_as_the_initial_cover(digits):
 
 def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):
     from al_lightning.ops import kmeanspp
-    size = digits.pool.size
-    scores = OnlineScoreState(size)
-    gen = torch.Generator().manual_seed(3)
-    scores.update(torch.arange(size), torch.rand(size, generator=gen), torch.rand(size, generator=gen),
-                  torch.zeros(size, dtype=torch.long), torch.zeros(size))
+    scores = random_scores(digits.pool.size, seed=3)
     context = context_for(digits, scores)
     picked = STRATEGIES.get("assl_div")().select(context, 5)
     weighted = scores.score[torch.as_tensor(context.unlabeled)].float()[:, None] * context.embeddings
