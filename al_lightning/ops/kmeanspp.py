@@ -35,7 +35,7 @@ def kmeanspp_from_distances(sq_distance_to: Callable[[int], torch.Tensor], n: in
             cumulative = torch.cumsum(min_d2, 0)
             i = int(torch.searchsorted(cumulative, torch.tensor([rng.random() * total], dtype=torch.float64)))
             i = min(i, n - 1)
-            while taken[i]:  # a zero-width bucket can only be hit by rounding; step to a live one
+            if taken[i]:  # a zero-width bucket can only be hit by rounding; step to a live one
                 i = int(torch.nonzero((min_d2 > 0) & ~taken)[0, 0])
         else:
             i = int(rng.choice(torch.nonzero(~taken)[:, 0].numpy()))

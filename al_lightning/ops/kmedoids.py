@@ -28,16 +28,17 @@ def k_medoids(features: Any, k: int, iterations: int = 10, seed: int = 0) -> np.
     medoids = np.full(k, -1, dtype=np.int64)
     for _ in range(iterations):
         updated = medoids.copy()
+        order = np.argsort(assign, kind="stable")  # members of each cluster, grouped in one pass
+        bounds = np.searchsorted(assign[order], np.arange(k + 1))
         for c in range(k):
-            members = np.nonzero(assign == c)[0]
+            members = order[bounds[c]:bounds[c + 1]]
             if len(members):
                 updated[c] = members[cluster_medoid(xt[members])]
-        live = updated[updated >= 0]
         if np.array_equal(updated, medoids):
             break
         medoids = updated
-        nearest = knn_search(x[live], x, 1)[1][:, 0]
-        assign = np.nonzero(updated >= 0)[0][nearest]
+        clusters = np.nonzero(medoids >= 0)[0]
+        assign = clusters[knn_search(x[medoids[clusters]], x, 1)[1][:, 0]]
     medoids = medoids[medoids >= 0]
     if len(medoids) < k:  # empty k-means clusters: farthest-from-medoid rows fill the rest
         d2 = knn_search(x[medoids], x, 1)[0][:, 0]
