@@ -90,10 +90,11 @@ def test_geometric_ops_match_pil_nearest_resampling():
     assert mismatched <= 1e-3 * total  # only float ties at pixel boundaries may differ
     for seed in range(20):
         arr = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+        magnitude = (seed % 9 + 1) / 10
         random.seed(seed)
-        ours = transforms._rotate(torch.from_numpy(arr)[None])[0].numpy()
+        ours = transforms._rotate(torch.from_numpy(arr)[None], magnitude)[0].numpy()
         random.seed(seed)
-        degrees = transforms._signed(30.0 * random.random())
+        degrees = transforms._signed(int(30 * magnitude))
         assert np.array_equal(ours, np.asarray(Image.fromarray(arr).rotate(degrees, fillcolor=128)))
 
 
@@ -118,11 +119,26 @@ def test_reflect_pad_crop_is_one_of_the_padded_crops_and_reaches_all():
     assert len(offsets) == 9
 
 
-def test_cutout_paints_at_most_half_the_side():
+def test_cutout_paints_a_half_side_square_clipped_at_the_borders():
     img = torch.zeros(1, 16, 16, dtype=torch.uint8)
-    for _ in range(20):
-        painted = (Cutout(0.5)(img) == 127).sum().item()
-        assert painted <= 8 * 8
+    areas = set()
+    for _ in range(200):
+        painted = Cutout(0.5)(img) == 127
+        rows, cols = painted.any(-1).sum().item(), painted.any(-2).sum().item()
+        assert painted.sum().item() == rows * cols and 4 <= rows <= 8 and 4 <= cols <= 8
+        areas.add(rows * cols)
+    assert 64 in areas and min(areas) < 64
+
+
+def test_randaugment_applies_each_op_with_probability_half_at_levels_one_to_nine():
+    magnitudes = []
+    augment = FixMatchRandAugment(num_ops=1)
+    augment.ops = [lambda img, m: magnitudes.append(m) or img.flip(-1)]
+    img = torch.arange(64, dtype=torch.uint8).view(1, 8, 8)
+    random.seed(0)
+    changed = sum(not torch.equal(augment(img), img) for _ in range(4000))
+    assert abs(changed / 4000 - 0.5) < 0.03
+    assert sorted(set(magnitudes)) == [k / 10 for k in range(1, 10)]
 
 
 def test_missing_torchvision_dataset_fails_with_one_line_naming_files(tmp_path):

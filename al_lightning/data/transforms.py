@@ -1,8 +1,10 @@
 """Weak and strong augmentations of the FixMatch family on uint8 image tensors (C, H, W).
 
 Weak: random crop with 12.5% reflect padding (+ horizontal flip where the dataset allows it).
-Strong: weak + RandAugment with FixMatch's operation list and a random magnitude per operation
-(Sohn et al. 2020, Table 12: two operations per image) + Cutout of up to half the side.
+Strong: weak + RandAugment with FixMatch's operation list and ranges (Sohn et al. 2020, Table 12),
+two operations per image at random magnitudes, + Cutout of half the side. Where the paper leaves
+the variant open, the reference code's choices hold: each operation is applied with probability
+0.5 at a magnitude level drawn from 1..9 of 10, and the Cutout square is fixed at half the side.
 """
 
 from __future__ import annotations
@@ -23,10 +25,6 @@ CUTOUT_FILL = 127
 
 def _signed(value: float) -> float:
     return value if random.random() < 0.5 else -value
-
-
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * random.random()
 
 
 _GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -50,20 +48,20 @@ def affine_nearest(img: torch.Tensor, matrix: Sequence[float], fill: int) -> tor
     return torch.from_numpy(out.astype(np.uint8).reshape(img.shape))
 
 
-def _translate(img: torch.Tensor, axis: int) -> torch.Tensor:
-    shift = _signed(0.3 * random.random()) * img.shape[-1 - axis]
+def _translate(img: torch.Tensor, m: float, axis: int) -> torch.Tensor:
+    shift = int(_signed(0.3 * m) * img.shape[-1 - axis])
     return affine_nearest(img, (1, 0, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, 0, 1, shift), GEOMETRIC_FILL)
 
 
-def _shear(img: torch.Tensor, axis: int) -> torch.Tensor:
-    rate = _signed(0.3 * random.random())
+def _shear(img: torch.Tensor, m: float, axis: int) -> torch.Tensor:
+    rate = _signed(0.3 * m)
     return affine_nearest(img, (1, rate, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, rate, 1, 0), GEOMETRIC_FILL)
 
 
-def _rotate(img: torch.Tensor) -> torch.Tensor:
-    """Counter-clockwise about the centre, as PIL's ``Image.rotate``."""
+def _rotate(img: torch.Tensor, m: float) -> torch.Tensor:
+    """Counter-clockwise about the centre by whole degrees, as PIL's ``Image.rotate``."""
     height, width = img.shape[-2:]
-    angle = -math.radians(_signed(30.0 * random.random()))
+    angle = -math.radians(_signed(int(30 * m)))
     cos, sin = math.cos(angle), math.sin(angle)
     cx, cy = width / 2.0, height / 2.0
     return affine_nearest(img, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy),
@@ -85,63 +83,66 @@ def equalize(img: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _solarize(img: torch.Tensor) -> torch.Tensor:
-    return F.solarize(img, threshold=float(int(256 * random.random())))
+def _enhance_factor(m: float) -> float:
+    return 0.05 + 0.9 * m
 
 
-def _color(img: torch.Tensor) -> torch.Tensor:
+def _color(img: torch.Tensor, m: float) -> torch.Tensor:
     if img.shape[-3] != 3:  # saturation is undefined for grey images
         return img
-    return F.adjust_saturation(img, _uniform(0.05, 0.95))
+    return F.adjust_saturation(img, _enhance_factor(m))
 
 
-#: FixMatch's RandAugment pool; each op draws its own magnitude uniformly from the paper's range.
-FIXMATCH_OPS: dict[str, Transform] = {
-    "identity": lambda img: img,
-    "autocontrast": F.autocontrast,
-    "equalize": equalize,
-    "brightness": lambda img: F.adjust_brightness(img, _uniform(0.05, 0.95)),
+#: FixMatch's RandAugment pool: ``op(img, m)`` with the magnitude ``m`` in (0, 1) scaling each op's range.
+FIXMATCH_OPS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "identity": lambda img, m: img,
+    "autocontrast": lambda img, m: F.autocontrast(img),
+    "equalize": lambda img, m: equalize(img),
+    "brightness": lambda img, m: F.adjust_brightness(img, _enhance_factor(m)),
     "color": _color,
-    "contrast": lambda img: F.adjust_contrast(img, _uniform(0.05, 0.95)),
-    "sharpness": lambda img: F.adjust_sharpness(img, _uniform(0.05, 0.95)),
-    "posterize": lambda img: F.posterize(img, bits=random.randint(4, 8)),
-    "solarize": _solarize,
+    "contrast": lambda img, m: F.adjust_contrast(img, _enhance_factor(m)),
+    "sharpness": lambda img, m: F.adjust_sharpness(img, _enhance_factor(m)),
+    "posterize": lambda img, m: F.posterize(img, bits=4 + int(4 * m)),
+    "solarize": lambda img, m: F.solarize(img, threshold=float(256 - int(256 * m))),
     "rotate": _rotate,
-    "shear_x": lambda img: _shear(img, 0),
-    "shear_y": lambda img: _shear(img, 1),
-    "translate_x": lambda img: _translate(img, 0),
-    "translate_y": lambda img: _translate(img, 1),
+    "shear_x": lambda img, m: _shear(img, m, 0),
+    "shear_y": lambda img, m: _shear(img, m, 1),
+    "translate_x": lambda img, m: _translate(img, m, 0),
+    "translate_y": lambda img, m: _translate(img, m, 1),
 }
 
 
 class FixMatchRandAugment:
-    """``num_ops`` operations drawn from :data:`FIXMATCH_OPS`, each with a random magnitude."""
+    """``num_ops`` operations drawn with replacement from :data:`FIXMATCH_OPS`; as in the reference
+    code, each is applied with probability ``apply_prob`` at a magnitude drawn from {0.1, ..., 0.9}."""
 
-    def __init__(self, num_ops: int = 2) -> None:
-        self.num_ops = num_ops
+    def __init__(self, num_ops: int = 2, apply_prob: float = 0.5) -> None:
+        self.num_ops, self.apply_prob = num_ops, apply_prob
         self.ops = list(FIXMATCH_OPS.values())
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         for op in random.choices(self.ops, k=self.num_ops):
-            img = op(img)
+            magnitude = random.randint(1, 9) / 10
+            if random.random() < self.apply_prob:
+                img = op(img, magnitude)
         return img
 
 
 class Cutout:
-    """Grey square of side ``U(0, max_fraction) * size`` at a uniform centre, clipped at borders."""
+    """Grey square of side ``fraction * size`` at a uniform centre, clipped at the borders (the
+    reference code's fixed half-side square after RandAugment)."""
 
-    def __init__(self, max_fraction: float = 0.5) -> None:
-        self.max_fraction = max_fraction
+    def __init__(self, fraction: float = 0.5) -> None:
+        self.fraction = fraction
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         height, width = img.shape[-2:]
-        side = int(self.max_fraction * random.random() * min(height, width))
-        if side == 0:
+        half = int(self.fraction * min(height, width)) // 2
+        if half == 0:
             return img
         cy, cx = random.randrange(height), random.randrange(width)
-        y0, x0 = max(cy - side // 2, 0), max(cx - side // 2, 0)
         img = img.clone()
-        img[..., y0:min(y0 + side, height), x0:min(x0 + side, width)] = CUTOUT_FILL
+        img[..., max(cy - half, 0):cy + half, max(cx - half, 0):cx + half] = CUTOUT_FILL
         return img
 
 
