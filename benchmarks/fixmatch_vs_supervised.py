@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    demo_seed = ActiveLearningCLI(args=["--config", args.config], run=False).config["seed_everything"]
+    if args.repeats < 1 or not args.seeds:
+        parser.error("--repeats must be at least 1 and --seeds must name at least one seed")
+    demo_seed = ActiveLearningCLI(args=["--config", args.config, "--trainer.logger", "false"],
+                                  run=False).config["seed_everything"]
     rows = []
     for seed in args.seeds:
         for train_seed in (seed + 100 * r for r in range(args.repeats)):
