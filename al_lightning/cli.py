@@ -35,7 +35,7 @@ class ActiveLearningCLI(LightningCLI):
                 "fit": {"description": "Run active-learning cycles: per cycle a semi-supervised fit, a test "
                                        "with the EMA model, an acquisition and labeling. Sections: trainer "
                                        "(per-cycle Trainer), model (the SSL method), data (dataset and "
-                                       "pool), loop (cycles, budget, strategy, weights)."}},
+                                       "pool), loop (rounds, budget, strategy, weights)."}},
             trainer_defaults={"num_sanity_val_steps": 0}, args=args, run=run)
 
     @staticmethod

@@ -37,7 +37,7 @@ def first_cycle_accuracy(config: str, method: type[SSLMethod], seed: int, train_
     L.seed_everything(seed)
     model = cli.model if method is FixMatch else method(**hparams)
     base: ActiveLoop = cli._get(cli.config_init, "loop")
-    loop = ActiveLoop(cycles=1, budget=0, initial_size=base.initial_size, initial_index_file=base.initial_index_file,
+    loop = ActiveLoop(rounds=0, budget=0, initial_size=base.initial_size, initial_index_file=base.initial_index_file,
                       initial_strategy=base.initial_strategy, seed=seed)
     L.seed_everything(train_seed)
     return loop.run(model, cli.datamodule, cli.build_trainer)[0]["test_acc"]

@@ -30,7 +30,10 @@ def test_labeled_loader_reads_labels_from_the_pool_not_the_dataset(digits):
     digits.splits.train_targets.fill_(-7)
     loader = digits.train_dataloader()
     batch, _, _ = next(iter(loader))
-    x, y = batch["labeled"]
+    labeled = batch["labeled"]
+    x, y = labeled["weak"], labeled["target"]
+    assert set(labeled) == {"weak", "target", "index"} and set(labeled["index"].tolist()) <= set(pool_labels)
+    assert all(pool_labels[i] == t for i, t in zip(labeled["index"].tolist(), y.tolist()))
     assert x.dtype == torch.float32 and x.shape == (4, 1, 8, 8)
     assert set(y.tolist()) <= set(pool_labels.values()) and (y >= 0).all()
 

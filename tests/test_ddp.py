@@ -41,7 +41,7 @@ def test_online_scores_are_identical_on_both_ranks_and_equal_a_replay(tmp_path):
 def test_cli_under_ddp_selects_identically_on_both_ranks(tmp_path):
     out = run([sys.executable, "-m", "al_lightning.cli", "fit", "--config", "configs/assl_digits.yaml",
                "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-               "--trainer.logger.init_args.save_dir", str(tmp_path), "--loop.cycles", "2",
+               "--trainer.logger.init_args.save_dir", str(tmp_path), "--loop.rounds", "1",
                "--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--data.batch_size", "8"], tmp_path)
     digests = re.findall(r"\[rank (\d)\] cycle (\d) pool digest (\w+)", out)
     by_cycle = {}

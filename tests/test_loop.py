@@ -12,7 +12,7 @@ from al_lightning.methods import FixMatch
 from al_lightning.scoring import OnlineScoring
 from al_lightning.strategies import Random
 
-TINY = ["--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--loop.cycles", "2",
+TINY = ["--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--loop.rounds", "1",
         "--loop.initial_size", "20", "--loop.budget", "10", "--data.batch_size", "8", "--data.uratio", "2"]
 
 
@@ -63,7 +63,7 @@ def test_random_init_reloads_the_same_weights_every_cycle(tmp_path, weights):
     make = lambda: L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,  # noqa: E731
                              enable_progress_bar=False, default_root_dir=tmp_path, limit_val_batches=0,
                              callbacks=[probe, OnlineScoring()], use_distributed_sampler=False)
-    loop = ActiveLoop(cycles=3, budget=5, initial_size=10, strategy=Random(), weights=weights)
+    loop = ActiveLoop(rounds=2, budget=5, initial_size=10, strategy=Random(), weights=weights)
     loop.run(model, dm, make)
     same = [torch.equal(probe.seen[0], w) for w in probe.seen[1:]]
     assert same == ([True, True] if weights == "random_init" else [False, False])
@@ -87,7 +87,7 @@ def test_print_config_shows_the_paper_values(capsys):
         ActiveLearningCLI(args=["fit", "--config", "configs/assl_cifar10.yaml", "--print_config"])
     text = capsys.readouterr().out
     for needle in ["backbone: resnet18_cifar", "lr: 0.03", "scheduler: none", "steps_per_epoch: 1024",
-                   "max_epochs: 5", "cycles: 10", "budget: 100", "initial_size: 100", "alpha: 0.8",
+                   "max_epochs: 5", "rounds: 10", "budget: 100", "initial_size: 100", "alpha: 0.8",
                    "c_u: 0.5", "c_i: 2.0", "weights: random_init", "threshold: 0.95", "uratio: 7",
                    "batch_size: 64", "ema_decay: 0.999", "nesterov: true"]:
         assert needle in text, needle

@@ -6,40 +6,61 @@ from torch import nn
 
 from al_lightning.methods import EMATeacher, FixMatch, Supervised
 from al_lightning.methods.base import cosine_factor
-from al_lightning.methods.fixmatch import fixmatch_loss
+from al_lightning.methods.fixmatch import consistency_loss
+
+
+def _batch(n_x=2, n_u=5, classes=3):
+    return {"labeled": {"weak": torch.randn(n_x, 1, 8, 8), "target": torch.arange(n_x) % classes,
+                        "index": torch.arange(n_x)},
+            "unlabeled": {"weak": torch.randn(n_u, 1, 8, 8), "strong": torch.randn(n_u, 1, 8, 8),
+                          "index": torch.arange(n_u) + 10}}
 
 
 def test_fixmatch_loss_and_mask_on_a_hand_made_batch():
+    model = FixMatch(backbone="small_cnn", num_classes=2, in_channels=1, backbone_kwargs={"width": 4},
+                     lambda_u=2.0)
     logits_x = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    targets = torch.tensor([0, 1])
     # weak view: sample 0 confident (p = 0.9997 for class 1), sample 1 not (p = 0.73)
     logits_w = torch.tensor([[0.0, 8.0], [1.0, 0.0]])
     logits_s = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
-    out = fixmatch_loss(logits_x, targets, logits_w, logits_s, threshold=0.95, lambda_u=2.0)
+    model.model.embed = lambda x: torch.zeros(x.shape[0], 4)
+    model.model.classify = lambda z: torch.cat([logits_x, logits_w, logits_s])
+    batch = {"labeled": {"weak": torch.zeros(2, 1, 8, 8), "target": torch.tensor([0, 1]), "index": torch.arange(2)},
+             "unlabeled": {"weak": torch.zeros(2, 1, 8, 8), "strong": torch.zeros(2, 1, 8, 8),
+                           "index": torch.tensor([7, 9])}}
+    out = model.training_step(batch, 0)
     ce = lambda logit, y: -logit[y] + math.log(sum(math.exp(v) for v in logit))  # noqa: E731
     loss_x = (ce([2.0, 0.0], 0) + ce([0.0, 1.0], 1)) / 2
     loss_u = (ce([1.0, 0.0], 1) * 1 + ce([0.0, 3.0], 0) * 0) / 2  # mean over the whole batch
-    assert out["mask"].tolist() == [1.0, 0.0]
-    assert out["pseudo_label"].tolist() == [1, 0]
-    assert out["loss_x"].item() == pytest.approx(loss_x, rel=1e-6)
-    assert out["loss_u"].item() == pytest.approx(loss_u, rel=1e-6)
+    assert out["unlabeled"]["mask"].tolist() == [1.0, 0.0]
     assert out["loss"].item() == pytest.approx(loss_x + 2.0 * loss_u, rel=1e-6)
+    assert consistency_loss(logits_s, torch.tensor([1, 0]), torch.tensor([1.0, 0.0])).item() == \
+        pytest.approx(loss_u, rel=1e-6)
 
 
 def test_pseudo_labels_carry_no_gradient():
-    logits_w = torch.tensor([[0.0, 9.0]], requires_grad=True)
-    logits_s = torch.tensor([[0.0, 0.0]], requires_grad=True)
-    out = fixmatch_loss(torch.zeros(1, 2, requires_grad=True), torch.tensor([0]), logits_w, logits_s, 0.95, 1.0)
-    out["loss"].backward()
-    assert logits_w.grad is None or torch.all(logits_w.grad == 0)
-    assert logits_s.grad.abs().sum() > 0
+    model = FixMatch(backbone="small_cnn", num_classes=3, in_channels=1, backbone_kwargs={"width": 4},
+                     threshold=0.0)
+    out = model.training_step(_batch(), 0)
+    grads = torch.autograd.grad(out["loss"], [p for p in model.model.parameters()], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert not out["unlabeled"]["probs_weak"].requires_grad
+
+
+def test_a_step_without_unlabeled_batch_trains_on_labeled_loss_alone():
+    model = FixMatch(backbone="small_cnn", num_classes=3, in_channels=1, backbone_kwargs={"width": 4})
+    batch = _batch()
+    del batch["unlabeled"]
+    loss = model.training_step(batch, 0)
+    expected = torch.nn.functional.cross_entropy(model.model(batch["labeled"]["weak"]), batch["labeled"]["target"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_fixmatch_step_uses_one_forward_and_hands_detached_outputs():
     model = FixMatch(backbone="small_cnn", num_classes=3, in_channels=1, backbone_kwargs={"width": 4})
     calls = []
-    model.model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    batch = {"labeled": (torch.randn(2, 1, 8, 8), torch.tensor([0, 2])),
+    model.model.features.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    batch = {"labeled": {"weak": torch.randn(2, 1, 8, 8), "target": torch.tensor([0, 2]), "index": torch.tensor([3, 4])},
              "unlabeled": {"weak": torch.randn(5, 1, 8, 8), "strong": torch.randn(5, 1, 8, 8),
                            "index": torch.arange(5) + 10}}
     out = model.training_step(batch, 0)
@@ -68,9 +89,39 @@ def test_cosine_schedule_is_fixmatch_7_16():
     assert cosine_factor(100, 100) == pytest.approx(math.cos(7 * math.pi / 16))
 
 
+def test_bias_corrected_teacher_is_the_normalised_ema_of_the_student_iterates():
+    torch.manual_seed(0)
+    student = nn.Linear(3, 2)
+    decay = 0.9
+    teacher = EMATeacher(student, decay=decay)
+    initial = [p.detach().clone() for p in teacher.module.parameters()]
+    iterates = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p))
+        iterates.append([p.detach().clone() for p in student.parameters()])
+        teacher.update(student)
+    t = len(iterates)
+    norm = sum((1 - decay) * decay ** (t - s) for s in range(1, t + 1))  # = 1 - decay^t
+    assert norm == pytest.approx(1 - decay ** t)
+    for k, p in enumerate(teacher.module.parameters()):
+        by_hand = sum((1 - decay) * decay ** (t - s) * iterates[s - 1][k] for s in range(1, t + 1)) / norm
+        assert torch.allclose(p, by_hand, atol=1e-6)
+        assert not torch.allclose(p, initial[k])
+    # after one step the teacher is the student's first iterate exactly: no trace of the initialisation
+    teacher.reset(student)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(3.0)
+    teacher.update(student)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.module.parameters(), student.parameters()))
+    assert int(teacher.num_updates) == 1
+
+
 def test_ema_teacher_averages_parameters_and_copies_buffers():
     student = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    teacher = EMATeacher(student, decay=0.9)
+    teacher = EMATeacher(student, decay=0.9, bias_correction=False)
     before = [p.clone() for p in teacher.module.parameters()]
     with torch.no_grad():
         for p in student.parameters():

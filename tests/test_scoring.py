@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from al_lightning.scoring.online import OnlineScoreState, occurrence_rank, pseudo_el2n, symmetric_kl
+from al_lightning.ops.indexing import last_occurrence, occurrence_rank
+from al_lightning.scoring.online import OnlineScoreState, pseudo_el2n, symmetric_kl
 
 
 def test_pseudo_el2n_by_hand():
@@ -73,6 +74,7 @@ def test_duplicate_ids_in_one_update_equal_a_sequential_replay():
 
 def test_occurrence_rank():
     assert occurrence_rank(torch.tensor([3, 1, 3, 3, 1, 0])).tolist() == [0, 0, 1, 2, 1, 0]
+    assert last_occurrence(torch.tensor([3, 1, 3, 3, 1, 0])).tolist() == [False, False, False, True, True, True]
 
 
 def test_state_dict_round_trip():

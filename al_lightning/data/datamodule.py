@@ -1,13 +1,26 @@
 """The LightningDataModule that owns the active pool and serves every loader a cycle needs.
 
-Loaders: labeled (weak view, repeated to fill ``steps_per_epoch``), unlabeled (the views the method
-asks for, ``uratio`` per labeled sample, each with its pool index and never its label), evaluation
-(test split) and pool inference (no augmentation, with indices). All are sharded by rank here, so
-the trainer must run with ``use_distributed_sampler=False`` (the active loop sets it).
+Loaders: labeled (the views the method asks for, with pool ids and the pool's labels, repeated to
+fill the epoch), unlabeled (the views the method asks for, ``uratio`` per labeled sample, each with
+its pool index and never its label), evaluation (test split) and pool inference (no augmentation,
+with indices). All are sharded by rank here, so the trainer must run with
+``use_distributed_sampler=False`` (the active loop sets it).
+
+The data side never asks which method runs. A method declares what it needs as attributes, read
+from the trainer's LightningModule when a loader is built:
+
+* ``labeled_views`` / ``unlabeled_views``: names of the views (``plain``, ``weak``, ``strong``);
+  an empty ``unlabeled_views`` means labeled data only.
+* ``unlabeled_weights(ids) -> array``: optional; unlabeled ids are then drawn with replacement in
+  proportion to these weights instead of by repeated permutations. The sampler calls it when the
+  epoch's iteration starts, so weights computed in ``on_train_epoch_start`` take effect at once.
+* ``unlabeled_epoch_fraction``: optional; an epoch then ends after that fraction of the unlabeled
+  pool has been drawn (across all ranks) instead of after ``steps_per_epoch`` steps.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -18,23 +31,28 @@ from torch.utils.data import DataLoader, Dataset
 
 from al_lightning.data.datasets import DATASETS, ImageSplits
 from al_lightning.data.pool import ActivePool
-from al_lightning.data.samplers import RepeatedPermutationSampler, ShardSampler
+from al_lightning.data.samplers import RepeatedPermutationSampler, ShardSampler, WeightedReplacementSampler
 from al_lightning.data.transforms import build_views
 
 
 class LabeledSet(Dataset):
-    """``(image, label)`` for the labeled ids; labels come from the pool, not the dataset."""
+    """``{"index": pool id, "target": label, <view>: image, ...}`` for the labeled ids; labels come
+    from the pool (or a strategy's pseudo-labels), never from the dataset."""
 
-    def __init__(self, images: torch.Tensor, indices: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images, self.transform = images, transform
+    def __init__(self, images: torch.Tensor, indices: np.ndarray, labels: np.ndarray,
+                 views: dict[str, Any]) -> None:
+        self.images, self.views = images, views
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
         self.labels = torch.as_tensor(labels, dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[self.indices[i]]), self.labels[i]
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image = self.images[self.indices[i]]
+        item = {name: view(image) for name, view in self.views.items()}
+        item["index"], item["target"] = self.indices[i], self.labels[i]
+        return item
 
 
 class UnlabeledSet(Dataset):
@@ -77,8 +95,12 @@ class ActiveDataModule(L.LightningDataModule):
         root: where the dataset's files are (or are downloaded to).
         download: fetch missing files (needs internet; done once, on local rank 0).
         batch_size: labeled images per step *per device*.
-        uratio: unlabeled images per labeled image (FixMatch's mu).
-        steps_per_epoch: optimizer steps in one epoch of a fit.
+        uratio: unlabeled images per labeled image (FixMatch's mu); 0 trains on labeled data only.
+        unlabeled_batch_size: unlabeled images per step per device, when it is not a multiple of
+            the labeled batch (e.g. 54 next to 10 labeled in "Rethinking"'s MNIST setting);
+            overrides ``uratio``.
+        steps_per_epoch: optimizer steps in one epoch of a fit (unless the method sets
+            ``unlabeled_epoch_fraction``).
         eval_batch_size: batch size for the test split and pool inference, per device.
         num_workers: loader worker processes per device.
         split_seed: seed of the train/test split where the dataset has none (digits).
@@ -87,14 +109,17 @@ class ActiveDataModule(L.LightningDataModule):
     """
 
     def __init__(self, dataset: str = "digits", root: str = "data", download: bool = False,
-                 batch_size: int = 64, uratio: int = 7, steps_per_epoch: int = 1024,
+                 batch_size: int = 64, uratio: int = 7, unlabeled_batch_size: int | None = None,
+                 steps_per_epoch: int = 1024,
                  eval_batch_size: int = 512, num_workers: int = 2, split_seed: int = 0,
                  seed: int = 0, dataset_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        if batch_size < 1 or uratio < 0 or steps_per_epoch < 1:
-            raise ValueError("data.batch_size and data.steps_per_epoch must be >= 1, data.uratio >= 0")
+        if batch_size < 1 or uratio < 0 or steps_per_epoch < 1 or (unlabeled_batch_size or 0) < 0:
+            raise ValueError("data.batch_size and data.steps_per_epoch must be >= 1, data.uratio and "
+                             "data.unlabeled_batch_size >= 0")
         self.dataset, self.root, self.download = dataset, root, download
         self.batch_size, self.uratio, self.steps_per_epoch = batch_size, uratio, steps_per_epoch
+        self.unlabeled_batch_size = batch_size * uratio if unlabeled_batch_size is None else unlabeled_batch_size
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.split_seed, self.seed = split_seed, seed
         self.dataset_options = dict(dataset_options or {})
@@ -104,6 +129,8 @@ class ActiveDataModule(L.LightningDataModule):
         self.pool: ActivePool | None = None
         self.views: dict[str, Any] = {}
         self.cycle = 0
+        #: ``(ids, labels)`` a strategy pseudo-labeled for the next fit (CEAL); never pool labels
+        self.pseudo_labeled: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ set-up
     def prepare_data(self) -> None:
@@ -142,10 +169,35 @@ class ActiveDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     # ----------------------------------------------------------------- loaders
-    def unlabeled_views(self) -> tuple[str, ...]:
+    def _method(self) -> Any:
         trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
-        return tuple(getattr(module, "unlabeled_views", ("weak", "strong")))
+        return trainer.lightning_module if trainer is not None else None
+
+    def unlabeled_views(self) -> tuple[str, ...]:
+        return tuple(getattr(self._method(), "unlabeled_views", ("weak", "strong")))
+
+    def labeled_views(self) -> tuple[str, ...]:
+        return tuple(getattr(self._method(), "labeled_views", ("weak",)))
+
+    def _steps_per_epoch(self, num_unlabeled: int, world: int) -> int:
+        fraction = getattr(self._method(), "unlabeled_epoch_fraction", None)
+        if fraction is None or self.unlabeled_batch_size == 0 or num_unlabeled == 0:
+            return self.steps_per_epoch
+        return max(1, math.ceil(fraction * num_unlabeled / (self.unlabeled_batch_size * world)))
+
+    def labeled_training_set(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, labels)`` the next fit trains on: the pool's labels plus any pseudo-labels a
+        strategy handed over for this fit (never overlapping the pool's labeled ids)."""
+        pool = self.pool
+        assert pool is not None
+        ids = pool.labeled_indices
+        labels = pool.labels_of(ids)
+        if self.pseudo_labeled is not None and len(self.pseudo_labeled[0]):
+            extra_ids, extra_labels = (np.asarray(a, dtype=np.int64) for a in self.pseudo_labeled)
+            keep = ~pool.labeled_mask[extra_ids]
+            ids = np.concatenate([ids, extra_ids[keep]])
+            labels = np.concatenate([labels, extra_labels[keep]])
+        return ids, labels
 
     def train_dataloader(self) -> CombinedLoader:
         splits, pool = self._splits(), self.pool
@@ -154,21 +206,28 @@ class ActiveDataModule(L.LightningDataModule):
             raise RuntimeError("the pool has no labeled sample; label an initial set before fitting")
         rank, world = self._rank()
         seed = self.seed * 7919 + self.cycle * 2
-        labeled_ids = pool.labeled_indices
-        labeled = LabeledSet(splits.train_images, labeled_ids, pool.labels_of(labeled_ids),
-                             self.views["weak"])
-        num = self.steps_per_epoch * self.batch_size
+        labeled_ids, labels = self.labeled_training_set()
+        labeled = LabeledSet(splits.train_images, labeled_ids, labels,
+                             {name: self.views[name] for name in self.labeled_views()})
+        unlabeled_ids = pool.unlabeled_indices
+        views = self.unlabeled_views()
+        use_unlabeled = bool(views) and self.unlabeled_batch_size > 0 and len(unlabeled_ids) > 0
+        steps = self._steps_per_epoch(len(unlabeled_ids) if use_unlabeled else 0, world)
         loaders = {"labeled": self._loader(
             labeled, self.batch_size,
-            RepeatedPermutationSampler(len(labeled), num, seed, rank, world), drop_last=True)}
-        views = self.unlabeled_views()
-        if views and self.uratio > 0 and pool.num_unlabeled > 0:
-            unlabeled = UnlabeledSet(splits.train_images, pool.unlabeled_indices,
+            RepeatedPermutationSampler(len(labeled), steps * self.batch_size, seed, rank, world),
+            drop_last=True)}
+        if use_unlabeled:
+            unlabeled = UnlabeledSet(splits.train_images, unlabeled_ids,
                                      {name: self.views[name] for name in views})
-            loaders["unlabeled"] = self._loader(
-                unlabeled, self.batch_size * self.uratio,
-                RepeatedPermutationSampler(len(unlabeled), num * self.uratio, seed + 1, rank, world),
-                drop_last=True)
+            num = steps * self.unlabeled_batch_size
+            weights_of = getattr(self._method(), "unlabeled_weights", None)
+            if weights_of is None:
+                sampler = RepeatedPermutationSampler(len(unlabeled), num, seed + 1, rank, world)
+            else:
+                sampler = WeightedReplacementSampler(len(unlabeled), num, seed + 1, rank, world,
+                                                     weights=lambda: weights_of(unlabeled_ids))
+            loaders["unlabeled"] = self._loader(unlabeled, self.unlabeled_batch_size, sampler, drop_last=True)
         return CombinedLoader(loaders, mode="min_size")
 
     def _eval_loader(self) -> DataLoader:

@@ -6,7 +6,7 @@ same position twice and the pool needs no broadcast to stay consistent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -34,6 +34,44 @@ class RepeatedPermutationSampler(Sampler[int]):
         total = self.num_samples * self.world_size
         reps = -(-total // self.n)
         return torch.cat([torch.randperm(self.n, generator=generator) for _ in range(reps)])[:total]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.global_stream()[self.rank::self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class WeightedReplacementSampler(Sampler[int]):
+    """``num_samples`` positions per rank drawn with replacement in proportion to ``weights()``
+    (the l1-normalised weights of "Rethinking deep active learning", section 4).
+
+    ``weights`` is called when iteration starts, so an epoch uses the weights of that moment; the
+    global stream is seeded by (seed, epoch) and drawn in float64, so ranks holding identical
+    weights draw identical streams and take disjoint slices of it.
+    """
+
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
+                 weights: Callable[[], object] | None = None) -> None:
+        if n <= 0:
+            raise ValueError("cannot sample from an empty set")
+        self.n, self.num_samples, self.seed = n, num_samples, seed
+        self.rank, self.world_size, self.weights = rank, world_size, weights
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_stream(self) -> torch.Tensor:
+        weights = torch.ones(self.n, dtype=torch.float64) if self.weights is None else \
+            torch.as_tensor(self.weights(), dtype=torch.float64).cpu().reshape(-1)
+        if weights.shape[0] != self.n or bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"sampling weights must be {self.n} finite non-negative values")
+        if float(weights.sum()) <= 0:
+            weights = torch.ones(self.n, dtype=torch.float64)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.multinomial(weights, self.num_samples * self.world_size, replacement=True,
+                                 generator=generator)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.global_stream()[self.rank::self.world_size].tolist())

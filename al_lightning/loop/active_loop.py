@@ -1,4 +1,6 @@
-"""The cycle controller: fit -> test -> acquire -> label -> persist, ``cycles`` times.
+"""The cycle controller: fit -> test -> acquire -> label -> persist. A run makes ``rounds + 1`` fits:
+the initial fit, then one per acquisition round (ASSL's "10 acquisition rounds" on CIFAR-10 are
+11 fits ending at 100 + 10 x 100 = 1,100 labels).
 
 Every rank runs the same loop on the same pool. Acquisition runs everywhere (inference is sharded
 and gathered) and rank 0's picks are broadcast; a digest of the pool is compared across ranks after
@@ -70,9 +72,14 @@ class ActiveLoop:
     """Active semi-supervised learning cycles.
 
     Args:
-        cycles: number of fits; an acquisition follows every fit but the last.
+        rounds: acquisition rounds after the initial fit; the run makes ``rounds + 1`` fits (cycles
+            ``0..rounds``) and ends with ``initial_size + rounds * budget`` labels. 0 is a single
+            fit on the initial labels (the label-free pipelines).
         budget: labels bought per acquisition.
         initial_size: size of the random initial labeled set.
+        initial_per_class: draw the random initial set class-balanced, this many per class (the
+            SSL benchmarks' protocol, e.g. 1 per class in FA's CIFAR-100 #100). It reads the
+            ground truth, so it only exists for the simulated oracle; overrides ``initial_size``.
         initial_index_file: ids of the initial labeled set instead (JSON list or plain text).
         initial_strategy: a single-shot strategy (USL, KMedoids, AS3L, ...) that picks the
             ``initial_size`` initial labels with the untrained model, instead of random.
@@ -83,14 +90,17 @@ class ActiveLoop:
         seed: seed of the initial set and of the strategies' random draws.
     """
 
-    def __init__(self, cycles: int = 10, budget: int = 100, initial_size: int = 100,
+    def __init__(self, rounds: int = 10, budget: int = 100, initial_size: int = 100,
+                 initial_per_class: int | None = None,
                  initial_index_file: str | None = None, initial_strategy: Strategy | None = None,
                  strategy: Strategy | None = None,
                  weights: Literal["random_init", "continue"] = "random_init",
                  oracle: Oracle | None = None, seed: int = 0) -> None:
-        if cycles < 1 or budget < 0 or initial_size < 1:
-            raise ValueError("loop.cycles and loop.initial_size must be >= 1 and loop.budget >= 0")
-        self.cycles, self.budget, self.initial_size = cycles, budget, initial_size
+        if rounds < 0 or budget < 0 or initial_size < 1 or (initial_per_class is not None and initial_per_class < 1):
+            raise ValueError("loop.rounds and loop.budget must be >= 0, loop.initial_size and "
+                             "loop.initial_per_class >= 1")
+        self.rounds, self.budget, self.initial_size = rounds, budget, initial_size
+        self.initial_per_class = initial_per_class
         self.initial_index_file, self.initial_strategy = initial_index_file, initial_strategy
         self.strategy = strategy if strategy is not None else ASSL()
         self.weights, self.seed = weights, seed
@@ -109,7 +119,7 @@ class ActiveLoop:
             self._label(datamodule, self._initial_ids(pool, model, datamodule), cycle=0)
         initial_weights = copy.deepcopy(model.state_dict())
         model.reset_teacher()
-        for cycle in range(self.cycles):
+        for cycle in range(self.rounds + 1):
             trainer = make_trainer()
             self.out_dir = Path(trainer.logger.log_dir if trainer.logger else trainer.default_root_dir)
             datamodule.cycle = cycle
@@ -126,13 +136,17 @@ class ActiveLoop:
             test_acc = self.evaluate(model, datamodule, device)
             scoring = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineScoring)), None)
             acquire_seconds = float("nan")
-            if cycle < self.cycles - 1 and self.budget > 0:
+            sample_state = model.sample_state()
+            if cycle < self.rounds and self.budget > 0:
                 started = time.perf_counter()
                 context = AcquisitionContext(pool, model.inference_model, datamodule.inference_dataloader,
                                              device, scoring.state if scoring else None, cycle, self.seed)
                 picks = broadcast_from_zero(self.strategy.select(context, self.budget))
+                pseudo = self.strategy.pseudo_labels(context, picks)
                 acquire_seconds = time.perf_counter() - started
                 self._label(datamodule, picks, cycle=cycle + 1)
+                datamodule.pseudo_labeled = None if pseudo is None else \
+                    tuple(broadcast_from_zero(np.asarray(a)) for a in pseudo)
             self._check_ranks_agree(pool, cycle)
             row = {"cycle": cycle, "n_labeled": n_labeled, "test_acc": round(test_acc, 6),
                    "fit_seconds": round(fit_seconds, 3), "acquire_seconds": round(acquire_seconds, 4),
@@ -141,13 +155,15 @@ class ActiveLoop:
             log.info("cycle %d: %d labels, test acc %.4f (fit %.1fs, acquire %.3fs)", cycle, n_labeled,
                      test_acc, fit_seconds, acquire_seconds)
             if trainer.is_global_zero:
-                self._persist(trainer, datamodule, scoring, row)
+                self._persist(trainer, datamodule, scoring, sample_state, row)
         return self.results
 
     # ---------------------------------------------------------------- pieces
     def _initial_ids(self, pool: ActivePool, model: SSLMethod, datamodule: ActiveDataModule) -> np.ndarray:
         if self.initial_index_file:
             return read_index_file(self.initial_index_file, pool.size)
+        if self.initial_per_class is not None:
+            return self._balanced_initial_ids(pool, datamodule)
         if self.initial_size > pool.size:
             raise PoolError(f"loop.initial_size {self.initial_size} exceeds the pool size {pool.size}")
         if self.initial_strategy is not None:
@@ -155,6 +171,21 @@ class ActiveLoop:
                                          torch.device("cpu"), None, cycle=0, seed=self.seed)
             return self.initial_strategy.select(context, self.initial_size)
         return np.random.default_rng(self.seed).choice(pool.size, size=self.initial_size, replace=False)
+
+    def _balanced_initial_ids(self, pool: ActivePool, datamodule: ActiveDataModule) -> np.ndarray:
+        if not isinstance(self.oracle, SimulatedOracle):
+            raise PoolError("loop.initial_per_class reads the ground truth and needs the simulated oracle; "
+                            "use loop.initial_size or loop.initial_index_file with people labeling")
+        truth = datamodule.ground_truth(np.arange(pool.size))
+        rng = np.random.default_rng(self.seed)
+        picks = []
+        for c in range(pool.num_classes):
+            members = np.flatnonzero(truth == c)
+            if len(members) < self.initial_per_class:
+                raise PoolError(f"loop.initial_per_class {self.initial_per_class}: class {c} has only "
+                                f"{len(members)} samples in the pool")
+            picks.append(rng.choice(members, size=self.initial_per_class, replace=False))
+        return np.concatenate(picks)
 
     def _label(self, datamodule: ActiveDataModule, ids: np.ndarray, cycle: int) -> None:
         labels = self.oracle.label(ids, datamodule)
@@ -182,7 +213,7 @@ class ActiveLoop:
             raise RuntimeError(f"cycle {cycle}: ranks disagree on the pool state: {digests}")
 
     def _persist(self, trainer: L.Trainer, datamodule: ActiveDataModule, scoring: OnlineScoring | None,
-                 row: dict[str, Any]) -> None:
+                 sample_state: dict[str, Any], row: dict[str, Any]) -> None:
         out = self.out_dir
         assert out is not None and datamodule.pool is not None
         out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +228,13 @@ class ActiveLoop:
         if scoring is not None and scoring.state is not None:
             state = scoring.state.state_dict()
             write_atomic(out / "scores" / f"cycle_{row['cycle']}.pt", lambda handle: torch.save(state, handle))
+        if sample_state:
+            write_atomic(out / "method_state" / f"cycle_{row['cycle']}.pt",
+                         lambda handle: torch.save(sample_state, handle))
+        if datamodule.pseudo_labeled is not None:
+            ids, labels = datamodule.pseudo_labeled
+            write_json_atomic(out / "pseudo_labels" / f"for_cycle_{row['cycle'] + 1}.json",
+                              {"ids": np.asarray(ids).tolist(), "labels": np.asarray(labels).tolist()})
         if trainer.logger is not None:
             trainer.logger.log_metrics({"test/acc": row["test_acc"], "test/class_coverage": row["class_coverage"]},
                                        step=row["n_labeled"])

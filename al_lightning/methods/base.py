@@ -1,7 +1,14 @@
-"""Shared machinery of every SSL method: backbone, EMA teacher, optimizer and schedule, evaluation.
+"""Shared machinery of every SSL method: backbone, EMA teacher, optimizer and schedule, evaluation,
+and the per-sample state contract.
 
-A method subclass only writes ``training_step`` and names the unlabeled views it needs; the data
-module reads ``unlabeled_views`` and serves them, so data code never asks which method runs.
+A method subclass writes ``training_step`` and declares what it needs from the data (the views of
+labeled and unlabeled samples, optionally sampling weights and the epoch length; see
+:mod:`al_lightning.data.datamodule`); the data module serves it without asking which method runs.
+
+Per-sample state (FlexMatch's ``selected_label``, FA's feature queues, LP-SEMI's pseudo-labels) is
+reset at the start of every fit, because the pool changes between fits, and must be identical on
+every rank: updates are computed from batches all-gathered in rank order (:meth:`gather`), which is
+what a single process would see with the concatenated batch.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import math
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -35,19 +43,24 @@ class SSLMethod(L.LightningModule):
         weight_decay: applied to weights only, never to BatchNorm parameters or biases.
         scheduler: ``cosine`` (FixMatch's 7/16 cosine decay over the fit) or ``none`` (ASSL).
         ema_decay: decay of the EMA teacher.
+        ema_bias_correction: normalise the teacher by ``1 - decay^t`` so that after t steps it
+            averages the student's iterates only (see :class:`EMATeacher`).
     """
 
+    #: views of each labeled sample the method trains on
+    labeled_views: tuple[str, ...] = ("weak",)
     #: views of each unlabeled sample the method trains on; empty means labeled data only
     unlabeled_views: tuple[str, ...] = ()
 
     def __init__(self, backbone: str = "wrn28_2", num_classes: int = 10, in_channels: int = 3,
                  backbone_kwargs: dict[str, Any] | None = None, lr: float = 0.03, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4,
-                 scheduler: Literal["cosine", "none"] = "cosine", ema_decay: float = 0.999) -> None:
+                 scheduler: Literal["cosine", "none"] = "cosine", ema_decay: float = 0.999,
+                 ema_bias_correction: bool = True) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["parts"])
         self.model: Backbone = create_backbone(backbone, num_classes, in_channels, **(backbone_kwargs or {}))
-        self.ema = EMATeacher(self.model, ema_decay)
+        self.ema = EMATeacher(self.model, ema_decay, ema_bias_correction)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.num_classes = num_classes
         #: steps taken in earlier cycles, so TensorBoard curves of all cycles share one x-axis
@@ -62,6 +75,27 @@ class SSLMethod(L.LightningModule):
 
     def log_train(self, name: str, value: Any) -> None:
         self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+
+    # ------------------------------------------------------------ per-sample state
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` of every rank concatenated in rank order along dim 0 (no gradient); itself on
+        one process. Ranks hold equal-sized batches (the data module drops last batches)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return tensor.detach()
+        return self.all_gather(tensor.detach()).flatten(0, 1)
+
+    def on_fit_start(self) -> None:
+        pool = self.trainer.datamodule.pool
+        self.reset_sample_state(pool.size, pool.unlabeled_indices)
+
+    def reset_sample_state(self, pool_size: int, unlabeled: np.ndarray) -> None:
+        """Start a fit's per-sample state over a pool of ``pool_size`` ids, ``unlabeled`` of them
+        unlabeled. Stateless methods keep nothing."""
+
+    def sample_state(self) -> dict[str, Any]:
+        """The per-sample state to save with the cycle (tensors on the CPU); empty when stateless."""
+        return {}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.ema.update(self.model)

@@ -1,4 +1,17 @@
-"""The EMA teacher of FixMatch's reference code: parameters averaged, buffers copied."""
+"""The EMA teacher of FixMatch's reference code, with bias correction: parameters averaged,
+buffers copied.
+
+Without correction, the teacher after t steps still holds ``decay^t`` of the random initialisation
+(80 steps at decay 0.99 on digits: 45% of the weight, and the teacher tests at chance). With it,
+the teacher after t updates is the normalised EMA of the student's iterates only,
+
+    theta_ema(t) = sum_{s=1..t} (1 - d) d^(t-s) theta_s / (1 - d^t),
+
+which is Adam's bias correction applied to the EMA (Kingma & Ba 2015, section 3), computed online
+as ``theta_ema <- theta_ema + r_t (theta_t - theta_ema)`` with ``r_t = (1 - d) / (1 - d^t)``
+(``r_1 = 1``). For long runs the two agree: at 5,120 steps and d = 0.999 the uncorrected teacher
+keeps d^t = 0.6% of the initialisation.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +22,50 @@ from torch import nn
 
 
 class EMATeacher(nn.Module):
-    """``theta_ema <- decay * theta_ema + (1 - decay) * theta`` after every optimizer step.
+    """``theta_ema`` tracks the student after every optimizer step (see the module docstring).
 
     BatchNorm running statistics are copied from the student rather than averaged, as in the
     reference implementation, so the teacher always normalises with the student's latest statistics.
+
+    Args:
+        decay: the EMA decay d.
+        bias_correction: normalise by ``1 - d^t`` (default); ``False`` is the reference codes' plain
+            EMA that starts from the initial weights.
     """
 
-    def __init__(self, student: nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, student: nn.Module, decay: float = 0.999, bias_correction: bool = True) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.bias_correction = decay, bias_correction
         self.module = copy.deepcopy(student)
         self.module.requires_grad_(False)
         self.module.eval()
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
 
     def train(self, mode: bool = True) -> "EMATeacher":
         super().train(False)  # the teacher only ever evaluates
         return self
 
+    def rate(self, t: int) -> float:
+        """Weight of the t-th iterate (t >= 1) when it arrives."""
+        if not self.bias_correction:
+            return 1.0 - self.decay
+        return (1.0 - self.decay) / (1.0 - self.decay ** t)
+
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
+        self.num_updates += 1
+        rate = self.rate(int(self.num_updates))
         for ema_p, p in zip(self.module.parameters(), student.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+            ema_p.lerp_(p.detach(), rate)
         for ema_b, b in zip(self.module.buffers(), student.buffers()):
             ema_b.copy_(b)
 
     @torch.no_grad()
     def reset(self, student: nn.Module) -> None:
         self.module.load_state_dict(student.state_dict())
+        self.num_updates.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)

@@ -16,8 +16,8 @@ class Supervised(SSLMethod):
     unlabeled_views = ()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x, y = batch["labeled"]
-        loss = F.cross_entropy(self.model(x), y)
+        labeled = batch["labeled"]
+        loss = F.cross_entropy(self.model(labeled["weak"]), labeled["target"])
         self.log_train("loss_x", loss)
         self.log_train("loss", loss)
         return loss

@@ -1,4 +1,4 @@
-"""Numeric kernels behind the acquisition strategies: pure functions on tensors and arrays.
+"""Numeric kernels behind the methods and acquisition strategies: pure functions on tensors and arrays.
 
 No Lightning here. kNN search and k-means go through faiss (on the GPU when faiss-gpu and a GPU
 are present); the rest is vectorised torch or sparse scipy, never an N x N dense matrix.
@@ -8,6 +8,7 @@ from al_lightning.ops.alfamix import alfamix_candidates, alfamix_select
 from al_lightning.ops.as3l import constrained_seed_kmeans, prior_pseudo_labels, stable_cluster_select
 from al_lightning.ops.cdal import contextual_diversity_k_center
 from al_lightning.ops.faiss_ops import kmeans, knn_search, nearest_to_centres
+from al_lightning.ops.indexing import last_occurrence, occurrence_rank
 from al_lightning.ops.kcenter import k_center_greedy
 from al_lightning.ops.kmedoids import k_medoids
 from al_lightning.ops.kmeanspp import badge_kmeanspp, badge_pairwise_sq_distances, kmeanspp
@@ -18,4 +19,4 @@ from al_lightning.ops.usl import knn_density, usl_select
 __all__ = ["alfamix_candidates", "alfamix_select", "badge_kmeanspp", "badge_pairwise_sq_distances",
            "conjugate_gradient", "constrained_seed_kmeans", "contextual_diversity_k_center", "joint_label_propagation_select",
            "k_center_greedy", "k_medoids", "kmeans", "kmeanspp", "knn_affinity", "knn_density", "knn_search",
-           "label_propagation", "nearest_to_centres", "prior_pseudo_labels", "stable_cluster_select", "usl_select"]
+           "label_propagation", "last_occurrence", "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels", "stable_cluster_select", "usl_select"]

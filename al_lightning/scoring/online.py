@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from al_lightning.ops.indexing import occurrence_rank
+
 
 def pseudo_el2n(probs: torch.Tensor) -> torch.Tensor:
     """Eq. 1: L2 distance between the prediction and the one-hot of its own argmax."""
@@ -27,19 +29,6 @@ def pseudo_el2n(probs: torch.Tensor) -> torch.Tensor:
 def symmetric_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Eq. 4: (KL(p||q) + KL(q||p)) / 2 = sum (p - q)(log p - log q) / 2, row-wise."""
     return 0.5 * ((p - q) * (p.clamp_min(eps).log() - q.clamp_min(eps).log())).sum(dim=-1)
-
-
-def occurrence_rank(index: torch.Tensor) -> torch.Tensor:
-    """How many earlier entries of ``index`` carry the same id (0 for a first occurrence)."""
-    order = torch.argsort(index, stable=True)
-    sorted_index = index[order]
-    positions = torch.arange(len(index), device=index.device)
-    starts = torch.ones_like(sorted_index, dtype=torch.bool)
-    starts[1:] = sorted_index[1:] != sorted_index[:-1]
-    group_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=0).values
-    rank = torch.empty_like(positions)
-    rank[order] = positions - group_start
-    return rank
 
 
 class OnlineScoreState:

@@ -121,6 +121,12 @@ class Strategy:
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         raise NotImplementedError
 
+    def pseudo_labels(self, context: AcquisitionContext, picks: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, labels)`` of unlabeled samples to train on with pseudo-labels in the next fit
+        only (CEAL); never oracle labels and never among ``picks``. None for most strategies."""
+        return None
+
 
 def top_k(context: AcquisitionContext, values: torch.Tensor, budget: int) -> np.ndarray:
     """Unlabeled pool ids of the ``budget`` largest ``values`` (aligned with ``context.unlabeled``);
