@@ -8,6 +8,9 @@ from al_lightning.registry import import_submodules
 import_submodules(__name__, __path__)
 
 from al_lightning.methods.fixmatch import FixMatch  # noqa: E402
+from al_lightning.methods.flexmatch import FlexMatch  # noqa: E402
+from al_lightning.methods.freematch import FreeMatch  # noqa: E402
 from al_lightning.methods.supervised import Supervised  # noqa: E402
 
-__all__ = ["EMATeacher", "FixMatch", "METHODS", "SSLMethod", "Supervised", "register_method"]
+__all__ = ["EMATeacher", "FixMatch", "FlexMatch", "FreeMatch", "METHODS", "SSLMethod", "Supervised",
+           "register_method"]
