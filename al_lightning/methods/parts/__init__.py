@@ -5,4 +5,7 @@ from al_lightning.registry import import_submodules
 
 import_submodules(__name__, __path__)
 
-__all__ = ["MethodPart", "PseudoLabelStep"]
+from al_lightning.methods.parts.feature_realignment import FeatureRealignment  # noqa: E402
+from al_lightning.methods.parts.prior_guidance import PriorGuidance  # noqa: E402
+
+__all__ = ["FeatureRealignment", "MethodPart", "PriorGuidance", "PseudoLabelStep"]
