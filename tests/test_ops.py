@@ -109,6 +109,44 @@ def test_knn_affinity_uses_cubed_clipped_cosine_and_is_symmetric():
     assert np.allclose(w, inv[:, None] * w_sym * inv[None, :], atol=1e-6)
 
 
+def brute_knn_graph(x: np.ndarray, k: int, graph: str) -> np.ndarray:
+    """Dense W_n written out: each row's k most cosine-similar other rows, s = [cos]_+^3, then the
+    union (A + A^T) or the reciprocal graph (edge only where both ends list each other)."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    cos = u @ u.T
+    n = len(x)
+    lists = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        others = [j for j in np.argsort(-cos[i], kind="stable") if j != i]
+        lists[i, others[:k]] = True
+    s = np.maximum(cos, 0) ** 3
+    a = np.where(lists, s, 0.0)
+    w = a + a.T if graph == "union" else np.where(lists & lists.T, s, 0.0)
+    d = w.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-300)), 0)
+    return inv[:, None] * w * inv[None, :]
+
+
+@pytest.mark.parametrize("graph", ["union", "mutual"])
+def test_knn_graphs_equal_brute_force_and_mutual_keeps_only_reciprocal_edges(graph):
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    dense = brute_knn_graph(x.astype(np.float64), 6, graph)
+    assert np.allclose(ops.knn_affinity(x, k=6, graph=graph).toarray(), dense, atol=1e-5)
+    union, mutual = (brute_knn_graph(x.astype(np.float64), 6, g) > 0 for g in ("union", "mutual"))
+    assert (mutual <= union).all() and mutual.sum() < union.sum()  # some edges are one-sided
+    # the option reaches the propagation: Z solves (I - alpha W_n) Z = Y on that graph
+    labeled, labels = np.array([0, 7, 21, 40]), np.array([0, 1, 2, 1])
+    y = np.zeros((60, 3))
+    y[labeled, labels] = 1
+    z = np.maximum(np.linalg.solve(np.eye(60) - 0.99 * dense, y), 0)
+    reached = z.sum(1) > 0
+    probs, _, _ = ops.label_propagation(x, labeled, labels, 3, k=6, max_iter=3000, graph=graph)
+    assert np.allclose(probs[reached], z[reached] / z[reached].sum(1, keepdims=True), atol=1e-4)
+    with pytest.raises(ValueError, match="graph"):
+        ops.knn_affinity(x, k=6, graph="reciprocal")
+
+
 def test_jlp_picks_the_least_manifold_similar_one_at_a_time():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(120, 5)).astype(np.float32)

@@ -13,7 +13,9 @@ from the trainer's LightningModule when a loader is built:
   an empty ``unlabeled_views`` means labeled data only.
 * ``unlabeled_weights(ids) -> array``: optional; unlabeled ids are then drawn with replacement in
   proportion to these weights instead of by repeated permutations. The sampler calls it when the
-  epoch's iteration starts, so weights computed in ``on_train_epoch_start`` take effect at once.
+  epoch's loader iterator is created: from the second epoch on that is after
+  ``on_train_epoch_start``; the first epoch's iterator is created earlier (during the fit's
+  set-up), so weights for it must exist by ``on_fit_start`` (with loader workers, even before).
 * ``unlabeled_epoch_fraction``: optional; an epoch then ends after that fraction of the unlabeled
   pool has been drawn (across all ranks) instead of after ``steps_per_epoch`` steps.
 """

@@ -137,6 +137,7 @@ class ActiveLoop:
             scoring = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineScoring)), None)
             acquire_seconds = float("nan")
             sample_state = model.sample_state()
+            pseudo = None
             if cycle < self.rounds and self.budget > 0:
                 started = time.perf_counter()
                 context = AcquisitionContext(pool, model.inference_model, datamodule.inference_dataloader,
@@ -145,8 +146,8 @@ class ActiveLoop:
                 pseudo = self.strategy.pseudo_labels(context, picks)
                 acquire_seconds = time.perf_counter() - started
                 self._label(datamodule, picks, cycle=cycle + 1)
-                datamodule.pseudo_labeled = None if pseudo is None else \
-                    tuple(broadcast_from_zero(np.asarray(a)) for a in pseudo)
+            datamodule.pseudo_labeled = None if pseudo is None else \
+                tuple(broadcast_from_zero(np.asarray(a)) for a in pseudo)
             self._check_ranks_agree(pool, cycle)
             row = {"cycle": cycle, "n_labeled": n_labeled, "test_acc": round(test_acc, 6),
                    "fit_seconds": round(fit_seconds, 3), "acquire_seconds": round(acquire_seconds, 4),

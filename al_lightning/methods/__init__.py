@@ -10,7 +10,8 @@ import_submodules(__name__, __path__)
 from al_lightning.methods.fixmatch import FixMatch  # noqa: E402
 from al_lightning.methods.flexmatch import FlexMatch  # noqa: E402
 from al_lightning.methods.freematch import FreeMatch  # noqa: E402
+from al_lightning.methods.lp_semi import LPSemi  # noqa: E402
 from al_lightning.methods.supervised import Supervised  # noqa: E402
 
-__all__ = ["EMATeacher", "FixMatch", "FlexMatch", "FreeMatch", "METHODS", "SSLMethod", "Supervised",
+__all__ = ["EMATeacher", "FixMatch", "FlexMatch", "FreeMatch", "LPSemi", "METHODS", "SSLMethod", "Supervised",
            "register_method"]

@@ -2,13 +2,26 @@
 "Rethinking deep active learning", Simeoni et al., section 3 Eq. 8-10, and jLP, Eq. 11-12).
 
 Graph: k nearest neighbours of the L2-normalised features (faiss, exact), affinities
-s = [u . v]_+^gamma (gamma = 3), W = A + A^T with zero diagonal, W_n = D^-1/2 W D^-1/2, all sparse.
+s = [u . v]_+^gamma (gamma = 3) in A (row i holds the neighbours of i), then W symmetric with zero
+diagonal, W_n = D^-1/2 W D^-1/2, all sparse. Two graphs (``graph``):
+
+* ``union`` (default): W = A + A^T, an edge wherever either end lists the other. This is what the
+  released code of both Iscen et al. (ahmetius/LP-DeepSSL, ``W = W + W.T``) and Simeoni et al.
+  (osimeoni/RethinkingDeepActiveLearning, lib/label_propagation.py) builds, so published numbers
+  come from it.
+* ``mutual``: the reciprocal kNN graph Simeoni et al.'s text names (sections 4 and 6.1, citing
+  Iscen et al.), an edge i-j only when each is among the other's k nearest neighbours
+  (W = min(A, A^T); both entries are the same s(i, j), and a constant factor would cancel in W_n).
+
+Both codes cube the raw inner product; the paper's clipping [.]_+ is followed (it only matters for
+neighbours at negative cosine).
+
 Propagation solves (I - alpha W_n) Z = Y by conjugate gradient, every column at once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,8 +29,14 @@ import scipy.sparse as sp
 from al_lightning.ops.faiss_ops import l2_normalised, knn_search
 
 
-def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0) -> sp.csr_matrix:
-    """The symmetrically normalised affinity ``W_n`` (n x n, sparse, zero diagonal)."""
+Graph = Literal["union", "mutual"]
+
+
+def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0, graph: Graph = "union") -> sp.csr_matrix:
+    """The symmetrically normalised affinity ``W_n`` (n x n, sparse, zero diagonal) of the ``union``
+    or ``mutual`` kNN graph (see the module docstring)."""
+    if graph not in ("union", "mutual"):
+        raise ValueError(f"graph must be 'union' or 'mutual', got {graph!r}")
     x = l2_normalised(features)
     n = x.shape[0]
     sims, nbrs = knn_search(x, x, min(k + 1, n), metric="ip")
@@ -25,10 +44,10 @@ def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0) -> sp.csr_matri
     cols, vals = nbrs.ravel(), np.maximum(sims.ravel(), 0.0) ** gamma
     keep = (cols != rows) & (cols >= 0) & (vals > 0)
     a = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n, n))
-    w = (a + a.T).tocsr()
+    w = (a + a.T if graph == "union" else a.minimum(a.T)).tocsr()
     w.setdiag(0.0)
     w.eliminate_zeros()
-    degree = np.asarray(w.sum(axis=1)).ravel()
+    degree = np.asarray(w.sum(axis=1), dtype=np.float64).ravel()
     inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-300)), 0.0)
     d = sp.diags(inv_sqrt)
     return (d @ w @ d).tocsr()
@@ -61,12 +80,16 @@ def conjugate_gradient(w_n: sp.spmatrix, y: np.ndarray, alpha: float = 0.99, tol
 
 
 def label_propagation(features: Any, labeled: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 50,
-                      alpha: float = 0.99, gamma: float = 3.0, max_iter: int = 20
+                      alpha: float = 0.99, gamma: float = 3.0, max_iter: int = 20, graph: Graph = "union"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(probs (n, C), pseudo_labels (n,), weights (n,))``: Z = h(Y) with negatives clipped and
-    rows l1-normalised (Eq. 9), pseudo-label argmax, weight 1 - H(p) / log C (Eq. 10). Labeled
-    rows keep their true label with weight 1."""
-    w_n = knn_affinity(features, k, gamma)
+    """``(probs (n, C), pseudo_labels (n,), weights (n,))``: Y the zero-one label matrix (Eq. 8),
+    Z = h(Y) with negatives clipped and rows l1-normalised (Eq. 9), pseudo-label argmax, weight
+    1 - H(p) / log C (Eq. 10); a row nothing reaches gets the uniform p and weight 0. Labeled rows
+    keep their true label with weight 1. The (1 - alpha) factor of Eq. 9 cancels in the l1
+    normalisation. Both reference codes differ where the paper is explicit and the paper is
+    followed: they scale Y's columns by 1 / |L_c| ("y_pooling mean") and divide the weights by
+    their maximum (which cancels in sampling, where the weights are l1-normalised)."""
+    w_n = knn_affinity(features, k, gamma, graph)
     n = w_n.shape[0]
     y = np.zeros((n, num_classes))
     y[np.asarray(labeled), np.asarray(labels)] = 1.0

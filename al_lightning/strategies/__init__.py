@@ -11,6 +11,7 @@ from al_lightning.strategies.assl import ASSL  # noqa: E402
 from al_lightning.strategies.assl_div import ASSLDiv  # noqa: E402
 from al_lightning.strategies.badge import BADGE  # noqa: E402
 from al_lightning.strategies.cdal import CDAL  # noqa: E402
+from al_lightning.strategies.ceal import CEAL  # noqa: E402
 from al_lightning.strategies.coreset import CoreSet  # noqa: E402
 from al_lightning.strategies.entropy import Entropy  # noqa: E402
 from al_lightning.strategies.jlp import JLP  # noqa: E402
@@ -20,6 +21,6 @@ from al_lightning.strategies.margin import Margin  # noqa: E402
 from al_lightning.strategies.random import Random  # noqa: E402
 from al_lightning.strategies.usl import USL  # noqa: E402
 
-__all__ = ["ALFAMix", "AS3L", "ASSL", "ASSLDiv", "AcquisitionContext", "BADGE", "CDAL", "CoreSet", "Entropy",
+__all__ = ["ALFAMix", "AS3L", "ASSL", "ASSLDiv", "AcquisitionContext", "BADGE", "CDAL", "CEAL", "CoreSet", "Entropy",
            "JLP", "KMedoids", "LeastConfidence", "Margin", "Random", "STRATEGIES", "Strategy", "USL",
            "register_strategy", "top_k"]
