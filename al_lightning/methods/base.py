@@ -23,11 +23,33 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from al_lightning.methods.ema import EMATeacher
 from al_lightning.models import Backbone, create_backbone
+from al_lightning.models.timm_backbone import TimmBackbone
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float = 7.0 / 16.0) -> float:
     """FixMatch's schedule: ``lr * cos(7 pi k / (16 K))``, no warm-up."""
     return max(0.0, math.cos(math.pi * cycles * step / max(1, total_steps)))
+
+
+def cosine_annealing_factor(step: int, anneal_steps: float) -> float:
+    """Rethinking's schedule (Mean Teacher's ``cosine_rampdown``): ``0.5 (1 + cos(pi k / K'))``,
+    zero at ``K'`` steps, which may lie past the end of the fit (210 of 200 epochs)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, anneal_steps) / anneal_steps))
+
+
+def lr_factor(step: int, total_steps: int, scheduler: str, warmup_steps: int = 0,
+              anneal_epochs_ratio: float = 1.0) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of a fit of ``total_steps``:
+    a linear warm-up over ``warmup_steps``, then the schedule over the remaining steps (USB's
+    ``get_cosine_schedule_with_warmup``; without warm-up exactly FixMatch's)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    step, total_steps = step - warmup_steps, total_steps - warmup_steps
+    if scheduler == "cosine":
+        return cosine_factor(step, total_steps)
+    if scheduler == "cosine_annealing":
+        return cosine_annealing_factor(step, max(1, total_steps) * anneal_epochs_ratio)
+    return 1.0
 
 
 class SSLMethod(L.LightningModule):
@@ -38,10 +60,24 @@ class SSLMethod(L.LightningModule):
         num_classes: filled from the data module by the CLI.
         in_channels: filled from the data module by the CLI.
         backbone_kwargs: extra arguments of the backbone factory.
-        lr: SGD learning rate.
-        momentum: SGD momentum (Nesterov when ``nesterov``).
-        weight_decay: applied to weights only, never to BatchNorm parameters or biases.
-        scheduler: ``cosine`` (FixMatch's 7/16 cosine decay over the fit) or ``none`` (ASSL).
+        lr: base learning rate.
+        momentum: SGD momentum (Nesterov when ``nesterov``); unused by AdamW.
+        weight_decay: applied to weights only, never to BatchNorm/LayerNorm parameters, biases
+            (all 1-D parameters) or what the backbone exempts (a timm ViT's position embedding and
+            class token).
+        optimizer: ``sgd`` (the FixMatch family on CNNs) or ``adamw`` (USB's ViT settings; PyTorch's
+            default betas 0.9/0.999 and eps, as USB).
+        layer_decay: layer-wise learning-rate decay for a ``timm:`` backbone (USB's ViT configs use
+            0.5): the head trains at ``lr``, the layer ``i`` steps below it at ``lr * layer_decay^i``,
+            with layers grouped by timm's ``param_groups_layer_decay`` (for a ViT: patch embedding,
+            each block, then the head). ``None``: one learning rate.
+        scheduler: ``cosine`` (FixMatch's 7/16 cosine decay over the fit), ``cosine_annealing``
+            (Rethinking's ``0.5 (1 + cos(pi k / K'))`` with ``K'`` = ``anneal_epochs_ratio`` times
+            the fit) or ``none`` (ASSL).
+        warmup_steps: linear learning-rate warm-up from 0 over this many steps before the schedule
+            (USB's ``num_warmup_iter``; 5,120 in its ViT configs).
+        anneal_epochs_ratio: for ``cosine_annealing``, where the cosine reaches zero relative to the
+            fit's length (Rethinking: 210 / 200 epochs = 1.05, so the last step keeps a small rate).
         ema_decay: decay of the EMA teacher.
         ema_bias_correction: normalise the teacher by ``1 - decay^t`` so that after t steps it
             averages the student's iterates only (see :class:`EMATeacher`).
@@ -55,9 +91,18 @@ class SSLMethod(L.LightningModule):
     def __init__(self, backbone: str = "wrn28_2", num_classes: int = 10, in_channels: int = 3,
                  backbone_kwargs: dict[str, Any] | None = None, lr: float = 0.03, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4,
-                 scheduler: Literal["cosine", "none"] = "cosine", ema_decay: float = 0.999,
+                 optimizer: Literal["sgd", "adamw"] = "sgd", layer_decay: float | None = None,
+                 scheduler: Literal["cosine", "cosine_annealing", "none"] = "cosine", warmup_steps: int = 0,
+                 anneal_epochs_ratio: float = 1.0, ema_decay: float = 0.999,
                  ema_bias_correction: bool = True) -> None:
         super().__init__()
+        if optimizer not in ("sgd", "adamw") or scheduler not in ("cosine", "cosine_annealing", "none"):
+            raise ValueError(f"unknown optimizer {optimizer!r} or scheduler {scheduler!r}")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        if warmup_steps < 0 or anneal_epochs_ratio < 1.0:
+            raise ValueError("warmup_steps must be >= 0 and anneal_epochs_ratio >= 1 (the cosine may not "
+                             "reach zero before the fit ends)")
         self.save_hyperparameters(ignore=["parts"])
         self.model: Backbone = create_backbone(backbone, num_classes, in_channels, **(backbone_kwargs or {}))
         self.ema = EMATeacher(self.model, ema_decay, ema_bias_correction)
@@ -110,18 +155,41 @@ class SSLMethod(L.LightningModule):
         self.log("step", float(self.step_offset + self.global_step))
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for param in self.model.parameters():
-            (decay if param.ndim > 1 else no_decay).append(param)
-        optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr, momentum=self.hparams.momentum, nesterov=self.hparams.nesterov)
-        if self.hparams.scheduler == "none":
+        hp = self.hparams
+        optimizer_class, options = (torch.optim.SGD, {"momentum": hp.momentum, "nesterov": hp.nesterov}) \
+            if hp.optimizer == "sgd" else (torch.optim.AdamW, {})
+        groups = self.layer_decay_groups() if hp.layer_decay is not None else self.weight_decay_groups()
+        optimizer = optimizer_class(groups, lr=hp.lr, **options)
+        if hp.scheduler == "none" and hp.warmup_steps == 0:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, hp.scheduler, hp.warmup_steps, hp.anneal_epochs_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def weight_decay_groups(self) -> list[dict[str, Any]]:
+        """``[decayed weights, exempt parameters]`` of the backbone (see ``weight_decay``)."""
+        exempt = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else set()
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (decay if param.ndim > 1 and name not in exempt else no_decay).append(param)
+        return [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def layer_decay_groups(self) -> list[dict[str, Any]]:
+        """timm's layer-wise groups of the inner timm model (the head is part of it), each with its
+        own ``lr`` (USB's ``param_groups_layer_decay``, the same BEiT rule)."""
+        from timm.optim import param_groups_layer_decay
+
+        if not isinstance(self.model, TimmBackbone):
+            raise ValueError("layer_decay needs a timm: backbone (timm's group_matcher orders its layers)")
+        inner = self.model.model
+        groups = param_groups_layer_decay(
+            inner, weight_decay=self.hparams.weight_decay, layer_decay=self.hparams.layer_decay,
+            no_weight_decay_list=inner.no_weight_decay() if hasattr(inner, "no_weight_decay") else ())
+        for group in groups:
+            group["lr"] = self.hparams.lr * group.pop("lr_scale")
+        return groups
 
     def reset_teacher(self) -> None:
         """Make the teacher equal to the student (start of a fit from fresh weights)."""
