@@ -1,30 +1,18 @@
 """Two CPU processes under DDP (gloo): every rank must hold the identical pool and score state."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from ddp_launch import run_script
 
 from al_lightning.scoring.online import OnlineScoreState
 
 pytestmark = pytest.mark.ddp
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(cmd, tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
 
 
 def test_online_scores_are_identical_on_both_ranks_and_equal_a_replay(tmp_path):
-    run([sys.executable, "tests/ddp_scoring_fit.py", str(tmp_path)], tmp_path)
+    run_script("tests/ddp_scoring_fit.py", str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for name in OnlineScoreState.FIELDS:
         assert torch.equal(rank0["state"][name], rank1["state"][name]), name
@@ -39,10 +27,10 @@ def test_online_scores_are_identical_on_both_ranks_and_equal_a_replay(tmp_path):
 
 
 def test_cli_under_ddp_selects_identically_on_both_ranks(tmp_path):
-    out = run([sys.executable, "-m", "al_lightning.cli", "fit", "--config", "configs/assl_digits.yaml",
-               "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-               "--trainer.logger.init_args.save_dir", str(tmp_path), "--loop.rounds", "1",
-               "--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--data.batch_size", "8"], tmp_path)
+    out = run_script("-m", "al_lightning.cli", "fit", "--config", "configs/assl_digits.yaml",
+                     "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--trainer.logger.init_args.save_dir", str(tmp_path), "--loop.rounds", "1",
+                     "--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--data.batch_size", "8")
     digests = re.findall(r"\[rank (\d)\] cycle (\d) pool digest (\w+)", out)
     by_cycle = {}
     for rank, cycle, digest in digests:

@@ -1,31 +1,23 @@
 """Two CPU processes under DDP (gloo): FeatureRealignment's queues and PriorGuidance's prior must be
 identical on both ranks, the queues equal to a single-process replay of the gathered stream."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ddp_launch import run_script
 
 from al_lightning.data import ActiveDataModule
 from al_lightning.methods.parts.feature_realignment import LabeledFeatureQueues
 from al_lightning.ops import prior_pseudo_labels
 
 pytestmark = pytest.mark.ddp
-ROOT = Path(__file__).resolve().parents[1]
 QUEUES = "parts.0.RecordingRealignment."
 PRIOR = "parts.1.PriorGuidance.prior"
 
 
 def test_feature_queues_and_prior_are_identical_on_both_ranks_and_equal_a_replay(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, "tests/ddp_feature_queue_fit.py", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script("tests/ddp_feature_queue_fit.py", str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert rank0["state"].keys() == rank1["state"].keys()
     for name, value in rank0["state"].items():

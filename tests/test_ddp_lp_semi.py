@@ -1,27 +1,19 @@
 """LP-SEMI under DDP (two CPU processes, gloo): both ranks hold the same pseudo-labels and weights,
 equal to a single-process propagation of the gathered features."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ddp_launch import run_script
 
 from al_lightning.ops import label_propagation
 
 pytestmark = pytest.mark.ddp
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lp_semi_state_is_identical_on_both_ranks_and_equals_a_single_process_propagation(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, "tests/ddp_lp_semi_fit.py", str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script("tests/ddp_lp_semi_fit.py", str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for name in ("pseudo_labels", "weights"):
         assert torch.equal(rank0["state"][name], rank1["state"][name]), name

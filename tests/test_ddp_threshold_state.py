@@ -1,30 +1,22 @@
 """FlexMatch's and FreeMatch's threshold state under DDP (two CPU processes, gloo): both ranks must
 hold the same state, equal to a single-process replay of the gathered stream."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from ddp_launch import run_script
 
 from al_lightning.methods.flexmatch import UNUSED, CurriculumState
 from al_lightning.methods.freematch import SelfAdaptiveThresholds
 
 pytestmark = pytest.mark.ddp
-ROOT = Path(__file__).resolve().parents[1]
 LOCAL_BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_threshold_state")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, "tests/ddp_threshold_state_fit.py", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script("tests/ddp_threshold_state_fit.py", str(out))
     return {name: [torch.load(out / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1)]
             for name in ("flexmatch", "freematch")}
 

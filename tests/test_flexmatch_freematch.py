@@ -8,7 +8,7 @@ import torch
 
 from al_lightning.methods import METHODS
 from al_lightning.methods.flexmatch import LABELED, UNUSED, CurriculumState, FlexMatch, convex_mapping
-from al_lightning.methods.freematch import FreeMatch, SelfAdaptiveThresholds, fairness_loss
+from al_lightning.methods.freematch import FreeMatch, fairness_loss
 
 SMALL = {"backbone": "small_cnn", "in_channels": 1, "backbone_kwargs": {"width": 4}}
 
