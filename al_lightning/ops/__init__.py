@@ -5,7 +5,8 @@ are present); the rest is vectorised torch or sparse scipy, never an N x N dense
 """
 
 from al_lightning.ops.alfamix import alfamix_candidates, alfamix_select
-from al_lightning.ops.as3l import constrained_seed_kmeans, prior_pseudo_labels, stable_cluster_select
+from al_lightning.ops.as3l import (constrained_seed_kmeans, finetune_features, kmeans_runs, prior_pseudo_labels,
+                                  stable_cluster_select, stable_clusters)
 from al_lightning.ops.cdal import contextual_diversity_k_center
 from al_lightning.ops.faiss_ops import kmeans, knn_search, nearest_to_centres
 from al_lightning.ops.indexing import last_occurrence, occurrence_rank
@@ -17,6 +18,8 @@ from al_lightning.ops.label_propagation import (conjugate_gradient, joint_label_
 from al_lightning.ops.usl import knn_density, usl_select
 
 __all__ = ["alfamix_candidates", "alfamix_select", "badge_kmeanspp", "badge_pairwise_sq_distances",
-           "conjugate_gradient", "constrained_seed_kmeans", "contextual_diversity_k_center", "joint_label_propagation_select",
-           "k_center_greedy", "k_medoids", "kmeans", "kmeanspp", "knn_affinity", "knn_density", "knn_search",
-           "label_propagation", "last_occurrence", "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels", "stable_cluster_select", "usl_select"]
+           "conjugate_gradient", "constrained_seed_kmeans", "contextual_diversity_k_center",
+           "finetune_features", "joint_label_propagation_select", "k_center_greedy", "k_medoids", "kmeans",
+           "kmeans_runs", "kmeanspp", "knn_affinity", "knn_density", "knn_search", "label_propagation",
+           "last_occurrence", "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels",
+           "stable_cluster_select", "stable_clusters", "usl_select"]

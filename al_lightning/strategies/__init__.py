@@ -1,10 +1,12 @@
 """Acquisition strategies, one file each, registered on import."""
 
 from al_lightning.registry import import_submodules
-from al_lightning.strategies.base import STRATEGIES, AcquisitionContext, Strategy, register_strategy, top_k
+from al_lightning.strategies.base import (STRATEGIES, AcquisitionContext, FeatureKind, RandomNetworkError, Strategy,
+                                         register_strategy, top_k)
 
 import_submodules(__name__, __path__)
 
+from al_lightning.strategies.active_ft import ActiveFT  # noqa: E402
 from al_lightning.strategies.alfamix import ALFAMix  # noqa: E402
 from al_lightning.strategies.as3l import AS3L  # noqa: E402
 from al_lightning.strategies.assl import ASSL  # noqa: E402
@@ -18,9 +20,12 @@ from al_lightning.strategies.jlp import JLP  # noqa: E402
 from al_lightning.strategies.kmedoids import KMedoids  # noqa: E402
 from al_lightning.strategies.least_confidence import LeastConfidence  # noqa: E402
 from al_lightning.strategies.margin import Margin  # noqa: E402
+from al_lightning.strategies.noise_stability import NoiseStability  # noqa: E402
 from al_lightning.strategies.random import Random  # noqa: E402
 from al_lightning.strategies.usl import USL  # noqa: E402
+from al_lightning.strategies.usl_t import USLT  # noqa: E402
 
-__all__ = ["ALFAMix", "AS3L", "ASSL", "ASSLDiv", "AcquisitionContext", "BADGE", "CDAL", "CEAL", "CoreSet", "Entropy",
-           "JLP", "KMedoids", "LeastConfidence", "Margin", "Random", "STRATEGIES", "Strategy", "USL",
-           "register_strategy", "top_k"]
+__all__ = ["AcquisitionContext", "ActiveFT", "ALFAMix", "AS3L", "ASSL", "ASSLDiv", "BADGE", "CDAL", "CEAL",
+           "CoreSet", "Entropy", "FeatureKind", "JLP", "KMedoids", "LeastConfidence", "Margin",
+           "NoiseStability", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES", "Strategy",
+           "top_k", "USL", "USLT"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,14 +22,27 @@ from al_lightning.registry import Registry
 from al_lightning.scoring.online import OnlineScoreState
 
 
+class RandomNetworkError(RuntimeError):
+    """A strategy asked for features that would come from an untrained, randomly initialised network."""
+
+
+#: the ``features`` choices of the strategies that read features
+FeatureKind = Literal["auto", "pretrained", "embedding", "pixels"]
+
+
 class AcquisitionContext:
     """What a strategy may look at when it picks. Unlabeled arrays are aligned with ``unlabeled``,
     labeled ones with ``labeled``; a strategy may read the labels of labeled samples, never others."""
 
     def __init__(self, pool: ActivePool, model: Backbone, loader_for: Callable, device: torch.device,
-                 scores: OnlineScoreState | None = None, cycle: int = 0, seed: int = 0) -> None:
+                 scores: OnlineScoreState | None = None, cycle: int = 0, seed: int = 0,
+                 pretrained_features: torch.Tensor | None = None, model_is_random: bool = False) -> None:
         self.pool, self.model, self.loader_for, self.device = pool, model, loader_for, device
         self._scores, self.cycle, self.seed = scores, cycle, seed
+        #: a pre-training run's features of every pool id (row i = id i), or None
+        self.pretrained = pretrained_features
+        #: True before the first fit of a model without pre-trained weights: its embedding is noise
+        self.model_is_random = model_is_random
 
     @cached_property
     def unlabeled(self) -> np.ndarray:
@@ -42,13 +56,20 @@ class AcquisitionContext:
     def labeled_labels(self) -> np.ndarray:
         return self.pool.labels_of(self.labeled)
 
+    def _model_inference(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.model_is_random:
+            raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model is "
+                                     "trained yet and none is pre-trained: run 'al-lightning pretrain' and set "
+                                     "model.init_args.pretrained, or choose the strategy's features: pixels")
+        return pool_inference(self.model, self.loader_for, ids, self.device)
+
     @cached_property
     def _inference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return pool_inference(self.model, self.loader_for, self.unlabeled, self.device)
+        return self._model_inference(self.unlabeled)
 
     @cached_property
     def _labeled_inference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return pool_inference(self.model, self.loader_for, self.labeled, self.device)
+        return self._model_inference(self.labeled)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -83,12 +104,22 @@ class AcquisitionContext:
         return torch.cat(rows).float() if rows else torch.empty(0)
 
     def features(self, kind: str, labeled: bool = False) -> torch.Tensor:
-        """``embedding`` (EMA model) or ``pixels`` of the unlabeled (or labeled) samples."""
+        """Features of the unlabeled (or labeled) samples: ``pretrained`` (the pre-training run's
+        cached features), ``embedding`` (the EMA model), ``pixels``, or ``auto``: pre-trained
+        features when there are any, else the model's embedding (an error on a random network)."""
+        ids = self.labeled if labeled else self.unlabeled
+        if kind == "auto":
+            kind = "pretrained" if self.pretrained is not None else "embedding"
+        if kind == "pretrained":
+            if self.pretrained is None:
+                raise RandomNetworkError("features: pretrained needs a pre-training run: run 'al-lightning pretrain' "
+                                         "and set model.init_args.pretrained to its run directory")
+            return self.pretrained[torch.as_tensor(ids, dtype=torch.int64)].float()
         if kind == "embedding":
             return self.labeled_embeddings if labeled else self.embeddings
         if kind == "pixels":
-            return self.pixels(self.labeled if labeled else self.unlabeled)
-        raise ValueError(f"features must be 'embedding' or 'pixels', got {kind!r}")
+            return self.pixels(ids)
+        raise ValueError(f"features must be 'auto', 'pretrained', 'embedding' or 'pixels', got {kind!r}")
 
     @property
     def scores(self) -> OnlineScoreState:

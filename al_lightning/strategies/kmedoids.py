@@ -2,22 +2,22 @@
 features; see :func:`al_lightning.ops.k_medoids`.
 
 Args:
-    features: ``embedding`` or ``pixels``.
+    features: ``auto`` (pre-trained features if the model has a pre-training run, else the
+        model's embedding; never a random network), ``pretrained``, ``embedding`` or ``pixels``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 
 from al_lightning.ops import k_medoids
-from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
+from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strategy, register_strategy
 
 
 @register_strategy("kmedoids")
 class KMedoids(Strategy):
-    def __init__(self, features: Literal["embedding", "pixels"] = "embedding", iterations: int = 10) -> None:
+    def __init__(self, features: FeatureKind = "auto", iterations: int = 10) -> None:
         self.features, self.iterations = features, iterations
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:

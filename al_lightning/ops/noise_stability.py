@@ -1,0 +1,65 @@
+"""Noise stability (Li et al., AAAI 2024, "Deep Active Learning with Noise Stability").
+
+A sample is uncertain when small random perturbations of the weights move its prediction. Facts
+from the official code (lixingjian/AL-noise-stability, ``noise_stability.py``):
+
+- every parameter a module registers as ``weight`` (conv, linear and normalisation layers alike;
+  biases and buffers untouched) gets Gaussian noise rescaled to exactly ``noise_scale`` times that
+  tensor's Frobenius norm: ||eps||_F = 0.001 ||W||_F (``add_noise_to_weights``);
+- the output is the softmax probability vector p(x); the change of perturbation k is
+  (p_k(x) - p(x)) / ||p(x)||, and a sample's feature is the concatenation of its K changes
+  (K x C values, K = 30 in the paper's runs);
+- selection is greedy k-center on those features with the origin as the first centre
+  (``kcenter_greedy`` starts from mu = 0), so the largest change (the most uncertain) comes
+  first and later picks trade magnitude against diversity of the change directions.
+
+Perturbations are functional (:func:`torch.func.functional_call` with one perturbed weight dict
+at a time), never model copies; perturbation k's noise is redrawn for every batch from its own seed,
+so it is identical across batches and ranks while the pool is streamed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+
+@torch.no_grad()
+def perturbed_weights(model: nn.Module, noise_scale: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every ``weight`` parameter plus noise of norm ``noise_scale * ||W||_F``, drawn from
+    ``generator`` in ``named_parameters`` order; parameters left out of the dict (biases) keep
+    their values under ``functional_call``."""
+    perturbed = {}
+    for name, weight in model.named_parameters():
+        if name.rsplit(".", 1)[-1] != "weight":
+            continue
+        noise = torch.randn(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype)
+        perturbed[name] = weight + noise * (noise_scale * weight.norm() / noise.norm())
+    return perturbed
+
+
+@torch.no_grad()
+def output_changes(model: nn.Module, batches: Iterable[torch.Tensor], seeds: Sequence[int],
+                   noise_scale: float = 1e-3) -> torch.Tensor:
+    """``(n, K * C)``: per sample, the K normalised probability changes
+    ``(p_k(x) - p(x)) / ||p(x)||`` side by side, perturbation k drawn from ``seeds[k]``."""
+    if noise_scale <= 0:
+        raise ValueError(f"noise_scale must be positive, got {noise_scale}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for x in batches:
+        clean = torch.softmax(model(x).float(), dim=1)
+        scale = clean.norm(dim=1, keepdim=True)
+        changes = []
+        for seed in seeds:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+            noisy = functional_call(model, perturbed_weights(model, noise_scale, generator), (x,))
+            changes.append((torch.softmax(noisy.float(), dim=1) - clean) / scale)
+        rows.append(torch.cat(changes, dim=1))
+    model.train(was_training)
+    return torch.cat(rows) if rows else torch.empty(0, device=device)

@@ -1,0 +1,45 @@
+"""Noise stability (Li et al., AAAI 2024; the FA paper's [54]): k-center greedy, from the origin,
+on the EMA model's probability changes under K weight perturbations; see
+:mod:`al_lightning.ops.noise_stability` for the rule and the official code it follows.
+
+The unlabeled pool is sharded over the ranks like :func:`pool_inference` and the change vectors
+all-gathered; the perturbation seeds come from ``context.rng()``, so every rank applies the same K
+perturbations and holds the same vectors.
+
+Args:
+    perturbations: K (30, the paper's runs). noise_scale: ||noise|| / ||W|| per weight (0.001).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from al_lightning.methods.inference import _gather_rows, world
+from al_lightning.ops import k_center_greedy
+from al_lightning.ops.noise_stability import output_changes
+from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
+
+
+@register_strategy("noise_stability")
+class NoiseStability(Strategy):
+    def __init__(self, perturbations: int = 30, noise_scale: float = 1e-3) -> None:
+        self.perturbations, self.noise_scale = perturbations, noise_scale
+
+    def change_vectors(self, context: AcquisitionContext) -> torch.Tensor:
+        """``(n_unlabeled, K * C)`` normalised probability changes, aligned with ``context.unlabeled``."""
+        seeds = context.rng().integers(2**63 - 1, size=self.perturbations)
+        rank, size = world()
+        ids = context.unlabeled
+        batches = (batch["plain"].to(context.device) for batch in context.loader_for(ids[rank::size]))
+        local = output_changes(context.model, batches, seeds, self.noise_scale)
+        width = self.perturbations * context.num_classes
+        if size == 1:
+            return local
+        counts = [len(range(r, len(ids), size)) for r in range(size)]
+        return _gather_rows(local.reshape(-1, width), counts, width, context.device)
+
+    def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        changes = self.change_vectors(context)
+        origin = changes.new_zeros(1, changes.shape[1])
+        return context.unlabeled[k_center_greedy(changes, budget, centres=origin)]
