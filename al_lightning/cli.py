@@ -1,8 +1,14 @@
-"""``al-lightning fit --config FILE``: LightningCLI with an extra ``loop`` section.
+"""``al-lightning fit --config FILE``: LightningCLI with an extra ``loop`` section, and
+``al-lightning pretrain --config FILE``: self-supervised pre-training over the same ``data`` section.
 
 ``fit`` runs the active loop instead of a single ``Trainer.fit``; every cycle gets a fresh Trainer
 built from the same ``trainer`` section (same logger and callbacks), with the data module doing its
 own sharding (``use_distributed_sampler`` is always off).
+
+``pretrain`` has its own ``model`` section (a :class:`~al_lightning.pretrain.PretrainMethod`) and no
+``loop``; it runs one ``Trainer.fit`` on :class:`~al_lightning.pretrain.PretrainDataModule`, which
+reads the data section's splits but never the pool's labels, and leaves ``backbone.pt`` and
+``features.pt`` in the run directory.
 """
 
 from __future__ import annotations
@@ -18,11 +24,20 @@ from lightning.pytorch.cli import LightningCLI
 from al_lightning.data import DATASETS, ActiveDataModule
 from al_lightning.loop import ActiveLoop
 from al_lightning.methods import SSLMethod
+from al_lightning.pretrain import PretrainDataModule, PretrainMethod
 
 
 def dataset_shape(name: str, root: str, options: dict | None) -> tuple[int, int]:
     """``(num_classes, in_channels)`` of a dataset, so the model never repeats what the data says."""
     return DATASETS.get(name).shape(root, **(options or {}))
+
+
+def link_data_shape(parser) -> None:
+    """The model's ``num_classes`` and ``in_channels`` follow the data section."""
+    sources = ("data.dataset", "data.root", "data.dataset_options")
+    for position, attribute in enumerate(("num_classes", "in_channels")):
+        parser.link_arguments(sources, f"model.init_args.{attribute}", apply_on="parse",
+                              compute_fn=lambda name, root, options, k=position: dataset_shape(name, root, options)[k])
 
 
 class ActiveLearningCLI(LightningCLI):
@@ -35,19 +50,51 @@ class ActiveLearningCLI(LightningCLI):
                 "fit": {"description": "Run active-learning cycles: per cycle a semi-supervised fit, a test "
                                        "with the EMA model, an acquisition and labeling. Sections: trainer "
                                        "(per-cycle Trainer), model (the SSL method), data (dataset and "
-                                       "pool), loop (rounds, budget, strategy, weights)."}},
+                                       "pool), loop (rounds, budget, strategy, weights)."},
+                "pretrain": {"description": "Self-supervised pre-training (SimSiam, SimCLR, DeepCluster) on the "
+                                            "train split without labels; writes backbone.pt and features.pt to "
+                                            "the run directory. Sections: trainer, model (the pre-training "
+                                            "method), data (as for fit; the pool is not used)."}},
             trainer_defaults={"num_sanity_val_steps": 0}, args=args, run=run)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+                "pretrain": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(ActiveLoop, "loop")
-        sources = ("data.dataset", "data.root", "data.dataset_options")
-        for position, attribute in enumerate(("num_classes", "in_channels")):
-            parser.link_arguments(sources, f"model.init_args.{attribute}", apply_on="parse",
-                                  compute_fn=lambda name, root, options, k=position: dataset_shape(name, root, options)[k])
+        link_data_shape(parser)
+
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        """Lightning's subcommands are Trainer methods; ``pretrain`` is not, so its parser is built here."""
+        self._subcommand_parsers = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            options = dict(kwargs.get(name, {}))
+            if name == "pretrain":
+                subparser = self._pretrain_parser(**options)
+                self._subcommand_method_arguments[name] = []
+            else:
+                subparser = self._prepare_subcommand_parser(Trainer, name, **options)
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=options.get("description"))
+
+    def _pretrain_parser(self, **kwargs: Any):
+        parser = self.init_parser(**kwargs)
+        self.add_default_arguments_to_parser(parser)
+        parser.add_lightning_class_args(Trainer, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(PretrainMethod, "model", subclass_mode=True)
+        parser.add_lightning_class_args(ActiveDataModule, "data")
+        link_data_shape(parser)
+        return parser
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand == "pretrain":
+            self.pretrain(self.model, self.datamodule)
+        else:
+            super()._run_subcommand(subcommand)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self._trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs,
@@ -73,6 +120,12 @@ class ActiveLearningCLI(LightningCLI):
                       f"{row['fit_seconds']:>6.1f}  {row['acquire_seconds']:.3f}")
             print(f"\nresults, pool and selections: {loop.out_dir}\n"
                   f"TensorBoard: tensorboard --logdir {loop.out_dir}")
+
+    def pretrain(self, model: PretrainMethod, datamodule: ActiveDataModule) -> None:
+        self.trainer.fit(model, datamodule=PretrainDataModule(datamodule))
+        run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if self.trainer.is_global_zero:
+            print(f"\nbackbone.pt, features.pt and TensorBoard logs: {run_dir}")
 
 
 def main(args: list[str] | None = None) -> None:
