@@ -116,7 +116,7 @@ def run_case(name: str, steps: int, seed: int, root: Path) -> tuple[dict[int, fl
     make_trainer = lambda: L.Trainer(  # noqa: E731
         accelerator="cpu", devices=1, max_epochs=4, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        use_distributed_sampler=False, callbacks=[probe])
+        use_distributed_sampler=False, callbacks=[probe], default_root_dir=str(root / "runs"))
     loop = ActiveLoop(rounds=0, budget=0, initial_per_class=2, seed=seed)
     started = time.perf_counter()
     loop.run(model, datamodule, make_trainer)

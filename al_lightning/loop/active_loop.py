@@ -117,6 +117,7 @@ class ActiveLoop:
         assert pool is not None
         if pool.num_labeled == 0:
             self._label(datamodule, self._initial_ids(pool, model, datamodule), cycle=0)
+        pretrained = model.pretrained_features()
         initial_weights = copy.deepcopy(model.state_dict())
         model.reset_teacher()
         for cycle in range(self.rounds + 1):
@@ -141,7 +142,8 @@ class ActiveLoop:
             if cycle < self.rounds and self.budget > 0:
                 started = time.perf_counter()
                 context = AcquisitionContext(pool, model.inference_model, datamodule.inference_dataloader,
-                                             device, scoring.state if scoring else None, cycle, self.seed)
+                                             device, scoring.state if scoring else None, cycle, self.seed,
+                                             pretrained_features=pretrained)
                 picks = broadcast_from_zero(self.strategy.select(context, self.budget))
                 pseudo = self.strategy.pseudo_labels(context, picks)
                 acquire_seconds = time.perf_counter() - started
@@ -169,7 +171,9 @@ class ActiveLoop:
             raise PoolError(f"loop.initial_size {self.initial_size} exceeds the pool size {pool.size}")
         if self.initial_strategy is not None:
             context = AcquisitionContext(pool, model.inference_model, datamodule.inference_dataloader,
-                                         torch.device("cpu"), None, cycle=0, seed=self.seed)
+                                         torch.device("cpu"), None, cycle=0, seed=self.seed,
+                                         pretrained_features=model.pretrained_features(),
+                                         model_is_random=model.hparams.get("pretrained") is None)
             return self.initial_strategy.select(context, self.initial_size)
         return np.random.default_rng(self.seed).choice(pool.size, size=self.initial_size, replace=False)
 

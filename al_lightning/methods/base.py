@@ -14,6 +14,7 @@ what a single process would see with the concatenated batch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -24,6 +25,24 @@ from torchmetrics.classification import MulticlassAccuracy
 from al_lightning.methods.ema import EMATeacher
 from al_lightning.models import Backbone, create_backbone
 from al_lightning.models.timm_backbone import TimmBackbone
+from al_lightning.pretrain.outputs import load_backbone_state, load_features
+
+
+def load_pretrained_backbone(model: Backbone, pretrained: str) -> None:
+    """Load ``backbone.pt`` of a pre-training run directory (or the file itself) into ``model``;
+    a classifier head of another size is left at its initialisation (pre-training never trains it)."""
+    path = Path(pretrained)
+    if not path.exists():
+        raise FileNotFoundError(f"model.init_args.pretrained: {path} does not exist; run 'al-lightning pretrain' "
+                                f"and point at its run directory")
+    state = load_backbone_state(path) if path.is_dir() else torch.load(path, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not (k in own and own[k].shape != v.shape and k.startswith("fc."))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"model.init_args.pretrained: {path} does not fit the backbone (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}); pre-train with the same model.init_args.backbone")
 
 
 def cosine_factor(step: int, total_steps: int, cycles: float = 7.0 / 16.0) -> float:
@@ -81,6 +100,9 @@ class SSLMethod(L.LightningModule):
         ema_decay: decay of the EMA teacher.
         ema_bias_correction: normalise the teacher by ``1 - decay^t`` so that after t steps it
             averages the student's iterates only (see :class:`EMATeacher`).
+        pretrained: the run directory of an ``al-lightning pretrain`` run (or a ``backbone.pt``
+            file): the backbone starts from its weights in every fit (RandInit reloads them), and
+            the single-shot strategies select on its cached ``features.pt``.
     """
 
     #: views of each labeled sample the method trains on
@@ -94,7 +116,7 @@ class SSLMethod(L.LightningModule):
                  optimizer: Literal["sgd", "adamw"] = "sgd", layer_decay: float | None = None,
                  scheduler: Literal["cosine", "cosine_annealing", "none"] = "cosine", warmup_steps: int = 0,
                  anneal_epochs_ratio: float = 1.0, ema_decay: float = 0.999,
-                 ema_bias_correction: bool = True) -> None:
+                 ema_bias_correction: bool = True, pretrained: str | None = None) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw") or scheduler not in ("cosine", "cosine_annealing", "none"):
             raise ValueError(f"unknown optimizer {optimizer!r} or scheduler {scheduler!r}")
@@ -105,11 +127,23 @@ class SSLMethod(L.LightningModule):
                              "reach zero before the fit ends)")
         self.save_hyperparameters(ignore=["parts"])
         self.model: Backbone = create_backbone(backbone, num_classes, in_channels, **(backbone_kwargs or {}))
+        if pretrained is not None:
+            load_pretrained_backbone(self.model, pretrained)
         self.ema = EMATeacher(self.model, ema_decay, ema_bias_correction)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.num_classes = num_classes
         #: steps taken in earlier cycles, so TensorBoard curves of all cycles share one x-axis
         self.step_offset = 0
+
+    def pretrained_features(self) -> torch.Tensor | None:
+        """The pre-training run's cached features of the train split (row i = pool id i), if any."""
+        run = self.hparams.get("pretrained")
+        if run is None or not Path(run).is_dir():
+            return None
+        ids, features = load_features(run)
+        if not torch.equal(ids, torch.arange(len(ids))):
+            raise ValueError(f"model.init_args.pretrained: {run}/features.pt does not list pool ids 0..N-1 in order")
+        return features
 
     @property
     def inference_model(self) -> Backbone:
