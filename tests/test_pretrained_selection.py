@@ -75,3 +75,38 @@ def test_random_init_reloads_the_pretrained_backbone_every_fit(pretrain_run, tmp
 def test_a_missing_pretraining_run_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.init_args.pretrained: .* does not exist"):
         Supervised(**SMALL, pretrained=str(tmp_path / "nowhere"))
+
+
+def test_prior_guidance_clusters_the_pretrained_features_finetuned_by_eq6(pretrain_run):
+    from al_lightning.methods import FixMatch
+    from al_lightning.methods.parts import PriorGuidance
+    from al_lightning.ops import finetune_features, prior_pseudo_labels
+
+    run, _, features = pretrain_run
+    part = PriorGuidance(features="pretrained", finetune=True, cluster_counts=[10, 20], seed=0)
+    model = FixMatch(**SMALL, pretrained=str(run), parts=[part])
+    dm = ActiveDataModule("digits", num_workers=0)
+    dm.setup()
+    labeled = np.random.default_rng(0).choice(dm.pool.size, 20, replace=False)
+    dm.pool.label(labeled, dm.ground_truth(labeled))
+
+    class Strategy:
+        @staticmethod
+        def broadcast(obj, src=0):
+            return obj
+
+    class Trainer:  # what reset() reads of a trainer, on one process
+        is_global_zero, datamodule, strategy = True, dm, Strategy()
+
+    model._trainer = Trainer()
+    part.reset(model, dm.pool.size, dm.pool.unlabeled_indices)
+    fine = finetune_features(features, num_clusters=20, seed=0)[0]
+    labeled = np.sort(labeled)
+    expected = prior_pseudo_labels(fine.numpy(), labeled, dm.pool.labels_of(labeled), 10, [10, 20], seed=0)
+    assert np.allclose(part.prior.numpy(), expected, atol=1e-6)
+    # the pre-trained features separate the classes: the prior is right on every unlabeled sample
+    # of a class that has a label (a class without one cannot be named)
+    unlabeled = dm.pool.unlabeled_indices
+    truth = dm.ground_truth(unlabeled)
+    named = np.isin(truth, dm.pool.labels_of(labeled))
+    assert (part.prior[unlabeled[named]].argmax(1).numpy() == truth[named]).mean() > 0.99

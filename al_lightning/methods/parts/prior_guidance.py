@@ -22,7 +22,7 @@ import torch
 
 from al_lightning.methods.inference import pool_inference
 from al_lightning.methods.parts.base import MethodPart
-from al_lightning.ops.as3l import prior_pseudo_labels
+from al_lightning.ops.as3l import finetune_features, prior_pseudo_labels
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ class PriorGuidance(MethodPart):
     Args:
         switch_step: T of Eq. 5, in optimizer steps of each fit (default: the paper's 60 epochs of
             1024 iterations).
-        features: what the clustering of section 4.3 runs on: ``embedding`` (the method's EMA
-            model at the start of the fit; the paper uses self-supervised SimSiam features, which
-            this is when the backbone starts from them), ``pixels`` (flattened normalised images)
-            or the path of a ``.pt``/``.npy`` file of shape ``(pool_size, d)`` in pool-id order.
+        features: what the clustering of section 4.3 runs on: ``pretrained`` (the cached features
+            of the method's pre-training run, ``model.init_args.pretrained``: the paper's f_self),
+            ``embedding`` (the method's EMA model at the start of the fit), ``pixels`` (flattened
+            normalised images) or the path of a ``.pt``/``.npy`` file of shape ``(pool_size, d)``
+            in pool-id order.
+        finetune: first fine-tune the features with AS3L's Eq. 6 (K = the number of labels, as
+            the selection), so the clustering runs on f_fine as in section 4.3-4.4.
         prior_file: path of a ready ``(pool_size, num_classes)`` PPL matrix; then ``features``
             is not used and nothing is computed.
         cluster_counts: the K of each constrained seed k-means run (default C x [1..6], the
@@ -75,12 +78,13 @@ class PriorGuidance(MethodPart):
     """
 
     def __init__(self, switch_step: int = PAPER_SWITCH_STEP, features: str = "embedding",
-                 prior_file: str | None = None, cluster_counts: Sequence[int] | None = None,
-                 seed: int = 0) -> None:
+                 finetune: bool = False, prior_file: str | None = None,
+                 cluster_counts: Sequence[int] | None = None, seed: int = 0) -> None:
         super().__init__()
         if switch_step < 0:
             raise ValueError(f"PriorGuidance.switch_step must be >= 0, got {switch_step}")
         self.switch_step, self.features, self.prior_file = switch_step, features, prior_file
+        self.finetune = finetune
         self.cluster_counts = None if cluster_counts is None else list(cluster_counts)
         self.seed = seed
         self.prior: torch.Tensor | None = None
@@ -107,15 +111,22 @@ class PriorGuidance(MethodPart):
                features: torch.Tensor | None) -> torch.Tensor:
         if self.prior_file is not None:
             return load_matrix(self.prior_file, "prior_file", pool_size, method.num_classes)
+        if features is None and self.features == "pretrained":
+            features = method.pretrained_features()
+            if features is None:
+                raise ValueError("PriorGuidance features: pretrained needs model.init_args.pretrained (the run "
+                                 "directory of 'al-lightning pretrain')")
         if features is None:
             features = (self._pixels(trainer.datamodule, pool_size) if self.features == "pixels"
                         else load_matrix(self.features, "features", pool_size))
         labeled = np.setdiff1d(np.arange(pool_size), np.asarray(unlabeled, dtype=np.int64))
         labels = trainer.datamodule.pool.labels_of(labeled)
+        if self.finetune:
+            features = finetune_features(features.float(), num_clusters=len(labeled), seed=self.seed)[0]
         prior = torch.from_numpy(prior_pseudo_labels(features.float().cpu().numpy(), labeled, labels,
                                                      method.num_classes, self.cluster_counts, self.seed)).float()
         log.info("prior pseudo-labels of %d samples from %s features: mean confidence %.3f", pool_size,
-                 "file" if self.features not in ("pixels", "embedding") else self.features,
+                 "file" if self.features not in ("pixels", "embedding", "pretrained") else self.features,
                  prior.max(dim=1).values.mean().item())
         return prior
 
