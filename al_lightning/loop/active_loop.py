@@ -30,7 +30,8 @@ from al_lightning.data.datamodule import ActiveDataModule
 from al_lightning.data.pool import ActivePool, PoolError, write_atomic, write_json_atomic
 from al_lightning.loop.oracle import Oracle, SimulatedOracle
 from al_lightning.methods.base import SSLMethod
-from al_lightning.methods.inference import pool_inference, world
+from al_lightning.data.distributed import world
+from al_lightning.methods.inference import pool_inference
 from al_lightning.scoring.callbacks import OnlineScoring
 from al_lightning.strategies import ASSL, AcquisitionContext, Strategy
 

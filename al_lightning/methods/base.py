@@ -20,6 +20,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from al_lightning.methods.ema import EMATeacher
@@ -134,16 +135,20 @@ class SSLMethod(L.LightningModule):
         self.num_classes = num_classes
         #: steps taken in earlier cycles, so TensorBoard curves of all cycles share one x-axis
         self.step_offset = 0
+        self._pretrained_features: torch.Tensor | None = None
 
     def pretrained_features(self) -> torch.Tensor | None:
         """The pre-training run's cached features of the train split (row i = pool id i), if any."""
         run = self.hparams.get("pretrained")
         if run is None or not Path(run).is_dir():
             return None
-        ids, features = load_features(run)
-        if not torch.equal(ids, torch.arange(len(ids))):
-            raise ValueError(f"model.init_args.pretrained: {run}/features.pt does not list pool ids 0..N-1 in order")
-        return features
+        if self._pretrained_features is None:  # read once per model, however many strategies ask
+            ids, features = load_features(run)
+            if not torch.equal(ids, torch.arange(len(ids))):
+                raise ValueError(f"model.init_args.pretrained: {run}/features.pt does not list pool ids 0..N-1 "
+                                 "in order")
+            self._pretrained_features = features
+        return self._pretrained_features
 
     @property
     def inference_model(self) -> Backbone:
@@ -154,6 +159,14 @@ class SSLMethod(L.LightningModule):
 
     def log_train(self, name: str, value: Any) -> None:
         self.log(f"train/{name}", value, on_step=True, on_epoch=False, prog_bar=name == "loss")
+
+    def labeled_step(self, labeled: dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy on the labeled batch alone: Supervised's step, and any method's step
+        without unlabeled data (uratio 0, a fully labeled pool, LP-SEMI's warm-up)."""
+        loss = F.cross_entropy(self.model(labeled["weak"]), labeled["target"])
+        self.log_train("loss_x", loss)
+        self.log_train("loss", loss)
+        return loss
 
     # ------------------------------------------------------------ per-sample state
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:

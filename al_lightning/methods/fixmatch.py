@@ -85,10 +85,7 @@ class FixMatch(SSLMethod):
         x, y = labeled["weak"], labeled["target"]
         unlabeled = batch.get("unlabeled")
         if unlabeled is None:
-            loss = F.cross_entropy(self.model(x), y)
-            self.log_train("loss_x", loss)
-            self.log_train("loss", loss)
-            return loss
+            return self.labeled_step(labeled)
         x_strong = labeled.get("strong") if "strong" in self.labeled_views else None
         chunks = [x] + ([x_strong] if x_strong is not None else []) + [unlabeled["weak"], unlabeled["strong"]]
         sizes = [c.shape[0] for c in chunks]

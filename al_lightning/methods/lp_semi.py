@@ -159,10 +159,7 @@ class LPSemi(SSLMethod):
         x, y = labeled["weak"], labeled["target"]
         unlabeled = batch.get("unlabeled")
         if unlabeled is None or self.current_epoch < self.warmup_epochs:
-            loss = F.cross_entropy(self.model(x), y)
-            self.log_train("loss_x", loss)
-            self.log_train("loss", loss)
-            return loss
+            return self.labeled_step(labeled)
         pseudo = self.pseudo_labels[unlabeled["index"]]
         per_sample = F.cross_entropy(self.model(torch.cat([x, unlabeled["weak"]])), torch.cat([y, pseudo]),
                                      reduction="none")

@@ -19,11 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from al_lightning.data.distributed import gather_interleaved, world
 
 
 def broadcast_buffers(module: nn.Module) -> None:
@@ -46,19 +42,7 @@ def embed_split(embed: Callable[[torch.Tensor], torch.Tensor], module: nn.Module
             for batch in loader_for(np.arange(rank, size, ranks))]
     module.train(was_training)
     local = torch.cat(rows) if rows else torch.empty(0, 0, device=device)
-    if ranks == 1:
-        return local
-    width = torch.tensor([local.shape[1] if local.numel() else 0], device=device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    counts = [len(range(r, size, ranks)) for r in range(ranks)]
-    padded = torch.zeros(max(counts), int(width), device=device)
-    padded[: local.shape[0]] = local.reshape(local.shape[0], int(width))
-    blocks = [torch.empty_like(padded) for _ in range(ranks)]
-    dist.all_gather(blocks, padded)
-    out = torch.empty(size, int(width), device=device)
-    for r, block in enumerate(blocks):
-        out[r::ranks] = block[: counts[r]]
-    return out
+    return gather_interleaved(local, size, device)
 
 
 def pca_whiten(x: torch.Tensor, dim: int | None, rank_tolerance: float = 1e-6) -> torch.Tensor:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from al_lightning.methods.inference import _gather_rows, world
+from al_lightning.data.distributed import gather_interleaved, world
 from al_lightning.ops import k_center_greedy
 from al_lightning.ops.noise_stability import output_changes
 from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
@@ -33,11 +33,8 @@ class NoiseStability(Strategy):
         ids = context.unlabeled
         batches = (batch["plain"].to(context.device) for batch in context.loader_for(ids[rank::size]))
         local = output_changes(context.model, batches, seeds, self.noise_scale)
-        width = self.perturbations * context.num_classes
-        if size == 1:
-            return local
-        counts = [len(range(r, len(ids), size)) for r in range(size)]
-        return _gather_rows(local.reshape(-1, width), counts, width, context.device)
+        return gather_interleaved(local.reshape(-1, self.perturbations * context.num_classes), len(ids),
+                                  context.device)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         changes = self.change_vectors(context)
