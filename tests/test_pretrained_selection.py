@@ -110,3 +110,22 @@ def test_prior_guidance_clusters_the_pretrained_features_finetuned_by_eq6(pretra
     truth = dm.ground_truth(unlabeled)
     named = np.isin(truth, dm.pool.labels_of(labeled))
     assert (part.prior[unlabeled[named]].argmax(1).numpy() == truth[named]).mean() > 0.99
+
+
+def test_a_strategy_selects_on_a_named_runs_features_while_the_model_stays_random(pretrain_run, tmp_path):
+    """USL's setting: features of one self-supervised run select, the fit starts from scratch."""
+    run, _, features = pretrain_run
+    model = Supervised(**SMALL)  # no pre-trained weights
+    dm = ActiveDataModule("digits", num_workers=0)
+    dm.setup()
+    picks = ActiveLoop(initial_size=10, initial_strategy=KMedoids(features=str(run)), seed=3)._initial_ids(
+        dm.pool, model, dm)
+    expected = k_medoids(features, 10, 10, seed=int(np.random.default_rng([3, 0]).integers(2**31)))
+    assert sorted(picks.tolist()) == sorted(expected.tolist())
+    with pytest.raises(FileNotFoundError, match="auto/pretrained/embedding/pixels"):
+        ActiveLoop(initial_size=10, initial_strategy=KMedoids(features=str(tmp_path / "nowhere")))._initial_ids(
+            dm.pool, model, dm)
+    short = tmp_path / "short"
+    save_features(short / FEATURES_FILE, features[:100])
+    with pytest.raises(ValueError, match="pre-train on the same data section"):
+        ActiveLoop(initial_size=10, initial_strategy=KMedoids(features=str(short)))._initial_ids(dm.pool, model, dm)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from al_lightning.data.pool import ActivePool
 from al_lightning.methods.inference import pool_inference
 from al_lightning.models import Backbone
+from al_lightning.pretrain.outputs import load_features
 from al_lightning.registry import Registry
 from al_lightning.scoring.online import OnlineScoreState
 
@@ -26,8 +28,22 @@ class RandomNetworkError(RuntimeError):
     """A strategy asked for features that would come from an untrained, randomly initialised network."""
 
 
-#: the ``features`` choices of the strategies that read features
-FeatureKind = Literal["auto", "pretrained", "embedding", "pixels"]
+#: the ``features`` choices of the strategies that read features; any other string is the run
+#: directory of an ``al-lightning pretrain`` run whose ``features.pt`` to select on (USL's setting:
+#: features of one self-supervised model, a fit that starts from scratch)
+FeatureKind = Literal["auto", "pretrained", "embedding", "pixels"] | str
+
+
+def run_features(run_dir: str, pool_size: int) -> torch.Tensor:
+    """The cached features of a pre-training run, checked to be one row per pool id in order."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"strategy features: {run_dir} is neither auto/pretrained/embedding/pixels nor the "
+                                "run directory of an 'al-lightning pretrain' run")
+    ids, features = load_features(run_dir)
+    if not torch.equal(ids, torch.arange(pool_size)):
+        raise ValueError(f"strategy features: {run_dir}/features.pt lists {len(ids)} ids, not the pool's ids "
+                         f"0..{pool_size - 1} in order: pre-train on the same data section")
+    return features
 
 
 class AcquisitionContext:
@@ -105,9 +121,12 @@ class AcquisitionContext:
 
     def features(self, kind: str, labeled: bool = False) -> torch.Tensor:
         """Features of the unlabeled (or labeled) samples: ``pretrained`` (the pre-training run's
-        cached features), ``embedding`` (the EMA model), ``pixels``, or ``auto``: pre-trained
-        features when there are any, else the model's embedding (an error on a random network)."""
+        cached features), ``embedding`` (the EMA model), ``pixels``, ``auto``: pre-trained
+        features when there are any, else the model's embedding (an error on a random network), or
+        the directory of a pre-training run (its cached features, whatever the model's weights)."""
         ids = self.labeled if labeled else self.unlabeled
+        if kind not in ("auto", "pretrained", "embedding", "pixels"):
+            return run_features(kind, self.pool.size)[torch.as_tensor(ids, dtype=torch.int64)].float()
         if kind == "auto":
             kind = "pretrained" if self.pretrained is not None else "embedding"
         if kind == "pretrained":
@@ -117,9 +136,7 @@ class AcquisitionContext:
             return self.pretrained[torch.as_tensor(ids, dtype=torch.int64)].float()
         if kind == "embedding":
             return self.labeled_embeddings if labeled else self.embeddings
-        if kind == "pixels":
-            return self.pixels(ids)
-        raise ValueError(f"features must be 'auto', 'pretrained', 'embedding' or 'pixels', got {kind!r}")
+        return self.pixels(ids)
 
     @property
     def scores(self) -> OnlineScoreState:
