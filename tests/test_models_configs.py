@@ -257,8 +257,24 @@ PAPER_VALUES = {
         "lambda_u: 1.0", "thresh_warmup: true", "lr: 0.03", "momentum: 0.9", "nesterov: true",
         "weight_decay: 0.0005", "optimizer: sgd", "scheduler: cosine", "ema_decay: 0.999",
         "class_path: al_lightning.methods.parts.prior_guidance.PriorGuidance", "switch_step: 61440",
-        "features: pixels", "dataset: cifar10", "batch_size: 64", "uratio: 7", "steps_per_epoch: 1024",
+        "features: pretrained", "finetune: true", "pretrained: runs/pretrain_simsiam_cifar10/version_0",
+        "class_path: al_lightning.strategies.AS3L", "runs: 6", "finetune_epochs: 40",
+        "dataset: cifar10", "batch_size: 64", "uratio: 7", "steps_per_epoch: 1024",
         "max_epochs: 1024", "rounds: 0", "initial_size: 10"],
+    "configs/usl_cifar10.yaml": [
+        "class_path: al_lightning.methods.FixMatch", "backbone: wrn28_2", "threshold: 0.95", "lambda_u: 1.0",
+        "lr: 0.03", "momentum: 0.9", "nesterov: true", "weight_decay: 0.001", "scheduler: cosine",
+        "ema_decay: 0.999", "pretrained: null", "dataset: cifar10", "batch_size: 64", "uratio: 7",
+        "steps_per_epoch: 1024", "max_epochs: 1024", "rounds: 0", "initial_size: 40",
+        "class_path: al_lightning.strategies.USL", "features: runs/pretrain_simclr_cifar10/version_0", "k: 400",
+        "m_reg: 0.9", "iterations: 10", "distance: squared"],
+    "configs/usl_t_cifar10.yaml": [
+        "class_path: al_lightning.methods.FixMatch", "backbone: wrn28_2", "weight_decay: 0.001",
+        "scheduler: cosine", "pretrained: null", "dataset: cifar10", "max_epochs: 1024", "rounds: 0",
+        "initial_size: 40", "class_path: al_lightning.strategies.USLT",
+        "features: runs/pretrain_simclr_cifar10/version_0", "k: 20", "lam: 0.5", "alpha: 2.5",
+        "temperature: 0.5", "momentum: 0.5", "threshold: 0.0", "heads: 3", "epochs: 100", "batch_size: 2048",
+        "lr: 0.0001"],
     "configs/fa_cifar100.yaml": [
         "class_path: al_lightning.methods.freematch.FreeMatch", "backbone: timm:vit_small_patch16_224",
         "img_size: 32", "patch_size: 2", "drop_path_rate: 0.2",
@@ -274,14 +290,14 @@ PAPER_VALUES = {
         "nesterov: true", "weight_decay: 0.0002", "optimizer: sgd", "scheduler: cosine_annealing",
         "anneal_epochs_ratio: 1.05", "ema_decay: 0.0", "dataset: mnist", "download: true", "batch_size: 10",
         "unlabeled_batch_size: 54", "max_epochs: 200", "rounds: 4", "initial_per_class: 1", "budget: 10",
-        "class_path: al_lightning.strategies.Random"],
+        "class_path: al_lightning.strategies.Random", "pretrained: runs/pretrain_deepcluster_mnist/version_0"],
     "configs/rethinking_cifar10.yaml": [
         "class_path: al_lightning.methods.lp_semi.LPSemi", "backbone: cnn13", "warmup_epochs: 1", "k: 50",
         "alpha: 0.99", "gamma: 3.0", "graph: union", "unlabeled_epoch_fraction: 0.5", "lr: 0.2", "momentum: 0.9",
         "nesterov: true", "weight_decay: 0.0002", "optimizer: sgd", "scheduler: cosine_annealing",
         "anneal_epochs_ratio: 1.05", "ema_decay: 0.0", "dataset: cifar10", "batch_size: 50",
         "unlabeled_batch_size: 78", "max_epochs: 200", "rounds: 4", "initial_per_class: 10", "budget: 100",
-        "class_path: al_lightning.strategies.Random"],
+        "class_path: al_lightning.strategies.Random", "pretrained: runs/pretrain_deepcluster_cifar10/version_0"],
 }
 
 
@@ -315,7 +331,8 @@ def test_fa_config_builds_usb_vit_small_from_scratch_with_one_warning_and_usb_la
 @pytest.mark.parametrize("config, channels",
                          [("configs/rethinking_mnist.yaml", 1), ("configs/rethinking_cifar10.yaml", 3)])
 def test_rethinking_configs_build_cnn13_with_the_datasets_channels(config, channels):
-    cli = ActiveLearningCLI(args=["--config", config, "--trainer.logger", "false"], run=False)
+    cli = ActiveLearningCLI(args=["--config", config, "--trainer.logger", "false",
+                                  "--model.init_args.pretrained", "null"], run=False)
     backbone = cli.model.model
     assert isinstance(backbone, CNN13) and backbone.fc.out_features == 10
     assert backbone.features[0].in_channels == channels
