@@ -303,3 +303,13 @@ def test_deepcluster_reclusters_and_resets_its_head_every_epoch(tmp_path):
     assert model.clustered_epoch == 1
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "features.pt").is_file()
     assert not (tmp_path / "projector.pt").exists()
+
+
+@pytest.mark.ddp
+def test_simclr_under_ddp_contrasts_the_global_batch_with_exact_gradients():
+    """SimCLR's criterion on two gloo ranks, each holding half the batch: the mean loss equals the
+    one-process loss of the whole batch and each rank's gradient is 2 x the whole-batch gradient of
+    its rows (DDP then averages), so the gathered negatives carry their gradient back."""
+    from ddp_launch import run_script
+
+    assert run_script("tests/ddp_simclr_gradient.py").strip().endswith("ok")
