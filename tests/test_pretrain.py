@@ -313,3 +313,22 @@ def test_simclr_under_ddp_contrasts_the_global_batch_with_exact_gradients():
     from ddp_launch import run_script
 
     assert run_script("tests/ddp_simclr_gradient.py").strip().endswith("ok")
+
+
+def test_deepcluster_with_loader_workers_clusters_once_per_epoch(tmp_path, monkeypatch):
+    """With workers the sampler is read as soon as Lightning first iterates the loader (to count
+    the schedule's steps), before any epoch hook: the first read clusters, and each epoch once."""
+    from al_lightning.pretrain import DeepCluster
+
+    epochs = []
+    original = DeepCluster.recluster
+
+    def counting(self):
+        epochs.append(self.current_epoch)
+        original(self)
+
+    monkeypatch.setattr(DeepCluster, "recluster", counting)
+    config = _write_config(tmp_path, "DeepCluster", "pca_dim: 8", epochs=2)
+    ActiveLearningCLI(args=["pretrain", "--config", config, "--data.num_workers", "1"])
+    assert epochs == [0, 1]
+    assert (tmp_path / "pretrain" / "version_0" / "features.pt").is_file()

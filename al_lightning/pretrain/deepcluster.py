@@ -75,9 +75,14 @@ class DeepCluster(PretrainMethod):
         return [build_views(splits.image_size, splits.hflip, splits.mean, splits.std)["weak"]]
 
     def cluster_assignments(self) -> np.ndarray:
-        """The current epoch's k-means assignment of every train id (the sampler's clusters)."""
+        """The current epoch's k-means assignment of every train id (the sampler's clusters).
+
+        The first call clusters: Lightning may start the first epoch's loader iterator before any
+        epoch hook (to count the steps of the schedule), and with loader workers the sampler is read
+        right then. Every rank's main process asks at the same point, so the collectives line up."""
         if self.assignments is None:
-            raise RuntimeError("DeepCluster has not clustered yet (it does at the start of the fit)")
+            self.recluster()
+        assert self.assignments is not None
         return self.assignments
 
     def cluster(self, features: torch.Tensor, seed: int) -> np.ndarray:
@@ -106,9 +111,6 @@ class DeepCluster(PretrainMethod):
         for optimizer in self.trainer.optimizers:
             for param in self.cluster_head.parameters():
                 optimizer.state.pop(param, None)
-
-    def on_fit_start(self) -> None:
-        self.recluster()  # the first epoch's loader iterator starts before on_train_epoch_start
 
     def on_train_epoch_start(self) -> None:
         if self.clustered_epoch != self.current_epoch:
