@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/assl_digits.yaml
 
-.PHONY: install install-gpu demo test bench bench-methods tensorboard clean
+.PHONY: install install-gpu demo test bench bench-methods bench-label-free tensorboard clean
 
 $(BIN)/al-lightning: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: install
 # The SSL method suite on MNIST at 20 labels (8 methods x 3 seeds, about 5 minutes a run on 2 cores).
 bench-methods: install
 	$(BIN)/python benchmarks/label_efficiency.py
+
+# Label-free selection on MNIST: 3 pre-trainings (reused from runs/bench_label_free), 5 strategies x 5 seeds,
+# AS3L's prior pseudo-labels, 10 FlexMatch fits (about 1.5 hours on 2 cores).
+bench-label-free: install
+	$(BIN)/python benchmarks/label_free.py
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir runs
