@@ -31,7 +31,8 @@ def test_cli_under_ddp_selects_identically_on_both_ranks(tmp_path):
                      "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
                      "--trainer.logger.init_args.save_dir", str(tmp_path), "--loop.rounds", "1",
                      "--data.steps_per_epoch", "4", "--trainer.max_epochs", "1", "--data.batch_size", "8")
-    digests = re.findall(r"\[rank (\d)\] cycle (\d) pool digest (\w+)", out)
+    # the ranks share one stdout, so a line may run into the other rank's text: match the digest exactly
+    digests = re.findall(r"\[rank (\d)\] cycle (\d) pool digest ([0-9a-f]{16})", out)
     by_cycle = {}
     for rank, cycle, digest in digests:
         by_cycle.setdefault(cycle, {})[rank] = digest
