@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
@@ -134,6 +135,11 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     ActiveLearningCLI(args=args)
+    # leave the process group before the interpreter exits: a gloo group torn down at exit
+    # sometimes aborts the process ("terminate called without an active exception") after a
+    # finished run, turning its exit status non-zero
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
