@@ -47,10 +47,9 @@ from al_lightning.models import create_backbone
 from al_lightning.ops.faiss_ops import knn_search, l2_normalised
 from al_lightning.pretrain.outputs import load_backbone_state, load_features
 from al_lightning.strategies import AS3L, USL, AcquisitionContext, KMedoids, Random, USLT
+from label_efficiency import mnist_root  # noqa: E402 (the sibling benchmark; this folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 #: what the 2-core budget changes against each method's config (the papers' settings)
 PRETRAIN_BUDGET: dict[str, tuple[str, list[str]]] = {
@@ -68,18 +67,6 @@ BUDGET_NOTES = (
     "DeepCluster 6 epochs (250)",
     "FlexMatch: small_cnn width 8 from scratch (as USL's CIFAR fits), labeled batch 16 x uratio 7, EMA 0.99",
 )
-
-
-def mnist_root(mnist_dir: Path, workdir: Path) -> Path:
-    raw = workdir / "data" / "MNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for name in MNIST_FILES:
-        source = mnist_dir / name
-        if not source.is_file():
-            raise SystemExit(f"--mnist-dir: {source} is missing (expected the four MNIST *-ubyte.gz files)")
-        if not (raw / name).exists():
-            (raw / name).symlink_to(source.resolve())
-    return workdir / "data"
 
 
 def pretrain(method: str, workdir: Path, data_root: Path, width: int) -> tuple[Path, float | None]:
@@ -172,13 +159,12 @@ def coverage_stage(features: torch.Tensor, datamodule: ActiveDataModule, seeds: 
             chosen = select(name, features, datamodule, seed)
             seconds.setdefault(name, []).append(time.perf_counter() - started)
             picks.setdefault(name, []).append(chosen)
-            classes = len(np.unique(datamodule.ground_truth(chosen)))
-            print(f"select {name} seed {seed}: {classes} classes ({seconds[name][-1]:.1f} s)", flush=True)
+            print(f"select {name} seed {seed}: {coverage(datamodule, chosen)} classes ({seconds[name][-1]:.1f} s)", flush=True)
     (workdir / "picks.json").write_text(json.dumps({n: [p.tolist() for p in v] for n, v in picks.items()}))
     print(f"\nclasses covered by 10 labels, {len(seeds)} seeds (selection on the representation above)")
     print("| strategy | mean | min | max | per seed | seconds per selection |\n|---|---|---|---|---|---|")
     for name, chosen in picks.items():
-        counts = [len(np.unique(datamodule.ground_truth(c))) for c in chosen]
+        counts = [coverage(datamodule, c) for c in chosen]
         print(f"| {name} | {statistics.mean(counts):.1f} | {min(counts)} | {max(counts)} | "
               f"{' '.join(map(str, counts))} | {statistics.mean(seconds[name]):.1f} |")
     return picks
@@ -259,7 +245,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=["pretrain", "knn", "coverage", "ppl", "fit"])
     args = parser.parse_args()
     workdir = args.workdir.resolve()
-    data_root = mnist_root(args.mnist_dir, workdir)
+    data_root = mnist_root(args.mnist_dir, workdir / "data")
     runs = {}
     for method in PRETRAIN_BUDGET:
         runs[method], seconds = pretrain(method, workdir, data_root, args.width)

@@ -26,7 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from al_lightning.methods.ema import EMATeacher
 from al_lightning.models import Backbone, create_backbone
 from al_lightning.models.timm_backbone import TimmBackbone
-from al_lightning.pretrain.outputs import load_backbone_state, load_features
+from al_lightning.pretrain.outputs import load_backbone_state, load_pool_features
 
 
 def load_pretrained_backbone(model: Backbone, pretrained: str) -> None:
@@ -143,11 +143,7 @@ class SSLMethod(L.LightningModule):
         if run is None or not Path(run).is_dir():
             return None
         if self._pretrained_features is None:  # read once per model, however many strategies ask
-            ids, features = load_features(run)
-            if not torch.equal(ids, torch.arange(len(ids))):
-                raise ValueError(f"model.init_args.pretrained: {run}/features.pt does not list pool ids 0..N-1 "
-                                 "in order")
-            self._pretrained_features = features
+            self._pretrained_features = load_pool_features(run, "model.init_args.pretrained")
         return self._pretrained_features
 
     @property

@@ -45,3 +45,14 @@ def load_features(run_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
                                 f"'al-lightning pretrain' run")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return payload["ids"], payload["features"]
+
+
+def load_pool_features(run_dir: str | Path, what: str, pool_size: int | None = None) -> torch.Tensor:
+    """The run's features checked to be one row per pool id ``0..N-1`` in order (and ``pool_size``
+    rows when given); ``what`` names the setting in the one-line error."""
+    ids, features = load_features(run_dir)
+    expected = len(ids) if pool_size is None else pool_size
+    if not torch.equal(ids, torch.arange(expected)):
+        raise ValueError(f"{what}: {run_dir}/features.pt lists {len(ids)} ids, not the pool's ids "
+                         f"0..{expected - 1} in order: pre-train on the same data section")
+    return features

@@ -19,7 +19,7 @@ import torch
 from al_lightning.data.pool import ActivePool
 from al_lightning.methods.inference import pool_inference
 from al_lightning.models import Backbone
-from al_lightning.pretrain.outputs import load_features
+from al_lightning.pretrain.outputs import load_pool_features
 from al_lightning.registry import Registry
 from al_lightning.scoring.online import OnlineScoreState
 
@@ -39,11 +39,7 @@ def run_features(run_dir: str, pool_size: int) -> torch.Tensor:
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"strategy features: {run_dir} is neither auto/pretrained/embedding/pixels nor the "
                                 "run directory of an 'al-lightning pretrain' run")
-    ids, features = load_features(run_dir)
-    if not torch.equal(ids, torch.arange(pool_size)):
-        raise ValueError(f"strategy features: {run_dir}/features.pt lists {len(ids)} ids, not the pool's ids "
-                         f"0..{pool_size - 1} in order: pre-train on the same data section")
-    return features
+    return load_pool_features(run_dir, "strategy features", pool_size)
 
 
 class AcquisitionContext:
