@@ -23,13 +23,18 @@ def test_digits_split_is_stratified_seeded_and_uint8(digits):
     assert torch.equal(again.splits.test_images, splits.test_images)
 
 
+def device_batches(dm):
+    """The training batches as a step sees them: loader output, then the on-device views."""
+    for batch, _, _ in dm.train_dataloader():
+        yield dm.on_after_batch_transfer(batch, 0)
+
+
 def test_labeled_loader_reads_labels_from_the_pool_not_the_dataset(digits):
     # corrupt the ground truth after labeling: the learner must still see the pool's labels
     pool_labels = dict(zip(digits.pool.labeled_indices.tolist(),
                            digits.pool.labels_of(digits.pool.labeled_indices).tolist()))
     digits.splits.train_targets.fill_(-7)
-    loader = digits.train_dataloader()
-    batch, _, _ = next(iter(loader))
+    batch = next(device_batches(digits))
     labeled = batch["labeled"]
     x, y = labeled["weak"], labeled["target"]
     assert set(labeled) == {"weak", "target", "index"} and set(labeled["index"].tolist()) <= set(pool_labels)
@@ -39,7 +44,7 @@ def test_labeled_loader_reads_labels_from_the_pool_not_the_dataset(digits):
 
 
 def test_unlabeled_batches_hold_views_and_pool_ids_but_no_labels(digits):
-    batch, _, _ = next(iter(digits.train_dataloader()))
+    batch = next(device_batches(digits))
     unlabeled = batch["unlabeled"]
     assert set(unlabeled) == {"weak", "strong", "index"}
     assert unlabeled["weak"].shape == (8, 1, 8, 8) and unlabeled["strong"].shape == (8, 1, 8, 8)
@@ -52,6 +57,51 @@ def test_labeled_ids_never_appear_in_the_unlabeled_stream(digits):
     for batch, _, _ in digits.train_dataloader():
         seen.update(batch["unlabeled"]["index"].tolist())
     assert seen.isdisjoint(digits.pool.labeled_indices.tolist())
+
+
+def test_loaders_hand_out_uint8_images_only_and_per_sample_mode_keeps_the_reference(digits):
+    raw, _, _ = next(iter(digits.train_dataloader()))
+    assert set(raw["unlabeled"]) == {"image", "index"} and raw["unlabeled"]["image"].dtype == torch.uint8
+    assert set(raw["labeled"]) == {"image", "index", "target"}
+    reference = ActiveDataModule("digits", batch_size=4, uratio=2, steps_per_epoch=3, num_workers=0,
+                                 augmentation="per_sample")
+    reference.setup()
+    reference.pool.load_state_dict(digits.pool.state_dict())
+    batch, _, _ = next(iter(reference.train_dataloader()))
+    assert set(batch["unlabeled"]) == {"weak", "strong", "index"} and batch["unlabeled"]["weak"].dtype == torch.float32
+    assert reference.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_each_rank_draws_its_own_augmentation_reproducibly_from_the_seed(digits):
+    from types import SimpleNamespace
+    images = digits.splits.train_images[:16]
+    batch = lambda: {"labeled": {"image": images.clone(), "index": torch.arange(16),  # noqa: E731
+                                 "target": torch.zeros(16, dtype=torch.long)}}
+
+    def strong_views(rank, seed=0):
+        digits.seed = seed
+        digits.trainer = SimpleNamespace(lightning_module=SimpleNamespace(labeled_views=("weak", "strong")),
+                                         global_rank=rank, world_size=2)
+        digits.train_dataloader()
+        out = digits.on_after_batch_transfer(batch(), 0)["labeled"]
+        return torch.cat([out["weak"], out["strong"]])
+
+    assert torch.equal(strong_views(0), strong_views(0)) and torch.equal(strong_views(1), strong_views(1))
+    assert not torch.equal(strong_views(0), strong_views(1))
+    assert not torch.equal(strong_views(0, seed=0), strong_views(0, seed=1))
+
+
+def test_evaluation_and_pool_inference_standardise_uint8_like_the_reference(digits):
+    x, y = next(iter(digits.val_dataloader()))
+    assert x.dtype == torch.uint8
+    x_norm, y_out = digits.on_after_batch_transfer([x, y], 0)
+    reference = torch.stack([digits.views["plain"](img) for img in x])
+    assert torch.allclose(x_norm, reference, atol=1e-6) and torch.equal(y_out, y)
+    ids = np.array([5, 3, 900])
+    batch = next(iter(digits.inference_dataloader(ids)))
+    assert batch["index"].tolist() == ids.tolist()
+    reference = torch.stack([digits.views["plain"](digits.splits.train_images[i]) for i in ids])
+    assert torch.allclose(batch["plain"], reference, atol=1e-6)
 
 
 def test_repeated_permutation_covers_every_item_before_repeating():
@@ -98,7 +148,7 @@ def test_geometric_ops_match_pil_nearest_resampling():
         ours = transforms._rotate(torch.from_numpy(arr)[None], magnitude)[0].numpy()
         random.seed(seed)
         degrees = transforms._signed(int(30 * magnitude))
-        assert np.array_equal(ours, np.asarray(Image.fromarray(arr).rotate(degrees, fillcolor=128)))
+        assert np.array_equal(ours, np.asarray(Image.fromarray(arr).rotate(degrees)))
 
 
 def test_equalize_matches_pil():

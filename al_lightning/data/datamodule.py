@@ -6,6 +6,13 @@ its pool index and never its label), evaluation (test split) and pool inference 
 with indices). All are sharded by rank here, so the trainer must run with
 ``use_distributed_sampler=False`` (the active loop sets it).
 
+With ``augmentation: device`` (the default) the loaders hand out uint8 images and ids only, and the
+views are built after the batch reached its device (:meth:`ActiveDataModule.on_after_batch_transfer`,
+:class:`~al_lightning.data.batch_augment.BatchViews`), each image with its own parameters drawn from
+a generator seeded by (seed, cycle, rank): every rank draws different augmentations, reproducibly.
+``augmentation: per_sample`` keeps the per-sample reference pipeline in the loader workers.
+Evaluation and pool inference always read uint8 and standardise the batch on its device.
+
 The data side never asks which method runs. A method declares what it needs as attributes, read
 from the trainer's LightningModule when a loader is built:
 
@@ -23,7 +30,8 @@ from the trainer's LightningModule when a loader is built:
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -31,6 +39,7 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
+from al_lightning.data.batch_augment import BatchViews
 from al_lightning.data.datasets import DATASETS, ImageSplits
 from al_lightning.data.pool import ActivePool
 from al_lightning.data.samplers import RepeatedPermutationSampler, ShardSampler, WeightedReplacementSampler
@@ -75,6 +84,31 @@ class UnlabeledSet(Dataset):
         return item
 
 
+def uint8_image(image: torch.Tensor) -> torch.Tensor:
+    """The loader-side "view" of on-device augmentation: the stored uint8 image, untouched."""
+    return image
+
+
+#: the key under which loaders hand out raw uint8 images for on-device views
+RAW = "image"
+
+
+class PoolBatches:
+    """``{"index", "plain"}`` batches of a uint8 loader, standardised on ``device`` after the
+    transfer (no per-sample work in Python)."""
+
+    def __init__(self, loader: DataLoader, views: BatchViews, device: torch.device) -> None:
+        self.loader, self.views, self.device = loader, views, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.loader:
+            images = batch[RAW].to(self.device, non_blocking=True)
+            yield {"index": batch["index"], "plain": self.views.normalize(images)}
+
+
 class EvalSet(Dataset):
     """``(image, target)`` without augmentation, for the test split."""
 
@@ -105,6 +139,9 @@ class ActiveDataModule(L.LightningDataModule):
             ``unlabeled_epoch_fraction``).
         eval_batch_size: batch size for the test split and pool inference, per device.
         num_workers: loader worker processes per device.
+        augmentation: ``device`` builds the weak and strong views on the whole batch where it is
+            (the GPU when training on one); ``per_sample`` runs the per-sample reference pipeline
+            in the loader workers (same policy, slower; kept as the specification).
         split_seed: seed of the train/test split where the dataset has none (digits).
         seed: seed of the sampling order (combined with the cycle and the epoch).
         dataset_options: extra options of the dataset (``image_folder``: image_size, channels).
@@ -113,16 +150,20 @@ class ActiveDataModule(L.LightningDataModule):
     def __init__(self, dataset: str = "digits", root: str = "data", download: bool = False,
                  batch_size: int = 64, uratio: int = 7, unlabeled_batch_size: int | None = None,
                  steps_per_epoch: int = 1024,
-                 eval_batch_size: int = 512, num_workers: int = 2, split_seed: int = 0,
+                 eval_batch_size: int = 512, num_workers: int = 2,
+                 augmentation: Literal["device", "per_sample"] = "device", split_seed: int = 0,
                  seed: int = 0, dataset_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         if batch_size < 1 or uratio < 0 or steps_per_epoch < 1 or (unlabeled_batch_size or 0) < 0:
             raise ValueError("data.batch_size and data.steps_per_epoch must be >= 1, data.uratio and "
                              "data.unlabeled_batch_size >= 0")
+        if augmentation not in ("device", "per_sample"):
+            raise ValueError(f"data.augmentation must be device or per_sample, got {augmentation!r}")
         self.dataset, self.root, self.download = dataset, root, download
         self.batch_size, self.uratio, self.steps_per_epoch = batch_size, uratio, steps_per_epoch
         self.unlabeled_batch_size = batch_size * uratio if unlabeled_batch_size is None else unlabeled_batch_size
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.augmentation = augmentation
         self.split_seed, self.seed = split_seed, seed
         self.dataset_options = dict(dataset_options or {})
         self.spec = DATASETS.get(dataset)
@@ -130,6 +171,11 @@ class ActiveDataModule(L.LightningDataModule):
         self.splits: ImageSplits | None = None
         self.pool: ActivePool | None = None
         self.views: dict[str, Any] = {}
+        self.batch_views: BatchViews | None = None
+        #: the views each training loader's batches get on the device (``augmentation: device``)
+        self._device_views: dict[str, tuple[str, ...]] = {}
+        self._augment_seed = 0
+        self._generator: torch.Generator | None = None
         self.cycle = 0
         #: ``(ids, labels)`` a strategy pseudo-labeled for the next fit (CEAL); never pool labels
         self.pseudo_labeled: tuple[np.ndarray, np.ndarray] | None = None
@@ -149,6 +195,7 @@ class ActiveDataModule(L.LightningDataModule):
         self.pool = ActivePool(len(self.splits.train_targets), self.num_classes)
         self.views = build_views(self.splits.image_size, self.splits.hflip,
                                  self.splits.mean, self.splits.std)
+        self.batch_views = BatchViews(self.splits.image_size, self.splits.hflip, self.splits.mean, self.splits.std)
 
     def ground_truth(self, indices: Any) -> np.ndarray:
         """True train labels, for the simulated oracle and diagnostics only, never the learner."""
@@ -209,8 +256,10 @@ class ActiveDataModule(L.LightningDataModule):
         rank, world = self._rank()
         seed = self.seed * 7919 + self.cycle * 2
         labeled_ids, labels = self.labeled_training_set()
-        labeled = LabeledSet(splits.train_images, labeled_ids, labels,
-                             {name: self.views[name] for name in self.labeled_views()})
+        self._device_views = {}
+        self._augment_seed = (self.seed * 7919 + self.cycle * 2) * 1000003 + rank
+        self._generator = None
+        labeled = LabeledSet(splits.train_images, labeled_ids, labels, self._loader_views("labeled", self.labeled_views()))
         unlabeled_ids = pool.unlabeled_indices
         views = self.unlabeled_views()
         use_unlabeled = bool(views) and self.unlabeled_batch_size > 0 and len(unlabeled_ids) > 0
@@ -220,8 +269,7 @@ class ActiveDataModule(L.LightningDataModule):
             RepeatedPermutationSampler(len(labeled), steps * self.batch_size, seed, rank, world),
             drop_last=True)}
         if use_unlabeled:
-            unlabeled = UnlabeledSet(splits.train_images, unlabeled_ids,
-                                     {name: self.views[name] for name in views})
+            unlabeled = UnlabeledSet(splits.train_images, unlabeled_ids, self._loader_views("unlabeled", views))
             num = steps * self.unlabeled_batch_size
             weights_of = getattr(self._method(), "unlabeled_weights", None)
             if weights_of is None:
@@ -232,10 +280,44 @@ class ActiveDataModule(L.LightningDataModule):
             loaders["unlabeled"] = self._loader(unlabeled, self.unlabeled_batch_size, sampler, drop_last=True)
         return CombinedLoader(loaders, mode="min_size")
 
+    def _loader_views(self, key: str, names: tuple[str, ...]) -> dict[str, Any]:
+        """What the ``key`` loader's dataset applies per sample: the named views (per_sample), or
+        nothing but the uint8 image, with the views remembered for the device (device)."""
+        if self.augmentation == "per_sample":
+            return {name: self.views[name] for name in names}
+        self._device_views[key] = names
+        return {RAW: uint8_image}
+
+    def augmentation_generator(self, device: torch.device) -> torch.Generator:
+        """This rank's generator of augmentation parameters on ``device``, seeded per fit."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device).manual_seed(self._augment_seed)
+        return self._generator
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Build the training views (and standardise evaluation images) on the batch's device."""
+        views = self.batch_views
+        if self.augmentation == "per_sample" or views is None:
+            return batch
+        if isinstance(batch, dict) and "labeled" in batch:
+            layout = getattr(self._method(), "memory_format", torch.contiguous_format)
+            for key, names in self._device_views.items():
+                part = batch.get(key)
+                if part is None or RAW not in part:
+                    continue
+                images = part.pop(RAW)
+                generator = self.augmentation_generator(images.device)
+                for name in names:
+                    part[name] = views(name, images, generator).contiguous(memory_format=layout)
+        elif isinstance(batch, (list, tuple)) and len(batch) == 2 and batch[0].dtype == torch.uint8:
+            batch = [views.normalize(batch[0]), batch[1]]
+        return batch
+
     def _eval_loader(self) -> DataLoader:
         splits = self._splits()
         rank, world = self._rank()
-        dataset = EvalSet(splits.test_images, splits.test_targets, self.views["plain"])
+        transform = self.views["plain"] if self.augmentation == "per_sample" else uint8_image
+        dataset = EvalSet(splits.test_images, splits.test_targets, transform)
         return self._loader(dataset, self.eval_batch_size, ShardSampler(len(dataset), rank, world),
                             drop_last=False)
 
@@ -245,12 +327,20 @@ class ActiveDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader()
 
-    def inference_dataloader(self, indices: Any, split: str = "train") -> DataLoader:
-        """``{"index", "plain"}`` batches of ``split`` ids in the given order, no augmentation."""
+    def inference_dataloader(self, indices: Any, split: str = "train", device: torch.device | None = None
+                             ) -> PoolBatches:
+        """``{"index", "plain"}`` batches of ``split`` ids in the given order, no augmentation: uint8
+        images standardised on ``device`` (default: the trainer's, else the CPU)."""
         splits = self._splits()
+        assert self.batch_views is not None
         images = splits.train_images if split == "train" else splits.test_images
-        dataset = UnlabeledSet(images, np.asarray(indices), {"plain": self.views["plain"]})
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        dataset = UnlabeledSet(images, np.asarray(indices), {RAW: uint8_image})
+        loader = DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=0,
+                            pin_memory=torch.cuda.is_available())
+        if device is None:
+            trainer = getattr(self, "trainer", None)
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return PoolBatches(loader, self.batch_views, device)
 
     def test_targets(self) -> torch.Tensor:
         return self._splits().test_targets

@@ -5,6 +5,13 @@ Strong: weak + RandAugment with FixMatch's operation list and ranges (Sohn et al
 two operations per image at random magnitudes, + Cutout of half the side. Where the paper leaves
 the variant open, the reference code's choices hold: each operation is applied with probability
 0.5 at a magnitude level drawn from 1..9 of 10, and the Cutout square is fixed at half the side.
+
+Fill colours follow the reference codes (kekmodel/FixMatch-pytorch, which USB's FixMatch
+augmentation also derives from): the geometric ops call PIL's ``rotate``/``transform`` without a
+fill colour, so uncovered pixels are black (0); Cutout paints grey (127, 127, 127).
+
+This per-sample pipeline is the specification; :mod:`al_lightning.data.batch_augment` builds the
+same views on a whole batch where the batch is, and is tested op by op against it.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from torchvision.transforms import Compose  # a plain loop; v2.Compose inspects 
 from torchvision.transforms.v2 import functional as F
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-GEOMETRIC_FILL = 128
+GEOMETRIC_FILL = 0
 CUTOUT_FILL = 127
 
 
@@ -48,24 +55,39 @@ def affine_nearest(img: torch.Tensor, matrix: Sequence[float], fill: int) -> tor
     return torch.from_numpy(out.astype(np.uint8).reshape(img.shape))
 
 
+def translate_matrix(shift: int, axis: int) -> tuple[float, ...]:
+    return (1, 0, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, 0, 1, shift)
+
+
+def shear_matrix(rate: float, axis: int) -> tuple[float, ...]:
+    return (1, rate, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, rate, 1, 0)
+
+
+def rotate_matrix(degrees: int, height: int, width: int) -> tuple[float, ...]:
+    """PIL's ``Image.rotate(degrees)``: counter-clockwise about the centre, as an inverse affine map."""
+    angle = -math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    cx, cy = width / 2.0, height / 2.0
+    return (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+
+
+def translate_shift(signed_fraction: float, side: int) -> int:
+    """Translation of ``signed_fraction`` (``+-0.3 m``) of the side, truncated toward zero."""
+    return int(signed_fraction * side)
+
+
 def _translate(img: torch.Tensor, m: float, axis: int) -> torch.Tensor:
-    shift = int(_signed(0.3 * m) * img.shape[-1 - axis])
-    return affine_nearest(img, (1, 0, shift, 0, 1, 0) if axis == 0 else (1, 0, 0, 0, 1, shift), GEOMETRIC_FILL)
+    shift = translate_shift(_signed(0.3 * m), img.shape[-1 - axis])
+    return affine_nearest(img, translate_matrix(shift, axis), GEOMETRIC_FILL)
 
 
 def _shear(img: torch.Tensor, m: float, axis: int) -> torch.Tensor:
-    rate = _signed(0.3 * m)
-    return affine_nearest(img, (1, rate, 0, 0, 1, 0) if axis == 0 else (1, 0, 0, rate, 1, 0), GEOMETRIC_FILL)
+    return affine_nearest(img, shear_matrix(_signed(0.3 * m), axis), GEOMETRIC_FILL)
 
 
 def _rotate(img: torch.Tensor, m: float) -> torch.Tensor:
-    """Counter-clockwise about the centre by whole degrees, as PIL's ``Image.rotate``."""
-    height, width = img.shape[-2:]
-    angle = -math.radians(_signed(int(30 * m)))
-    cos, sin = math.cos(angle), math.sin(angle)
-    cx, cy = width / 2.0, height / 2.0
-    return affine_nearest(img, (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy),
-                          GEOMETRIC_FILL)
+    """Rotation by ``+-int(30 m)`` whole degrees, as PIL's ``Image.rotate``."""
+    return affine_nearest(img, rotate_matrix(_signed(int(30 * m)), *img.shape[-2:]), GEOMETRIC_FILL)
 
 
 def equalize(img: torch.Tensor) -> torch.Tensor:
@@ -83,14 +105,23 @@ def equalize(img: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _enhance_factor(m: float) -> float:
+def enhance_factor(m: float) -> float:
+    """Brightness, colour, contrast and sharpness factor in [0.05, 0.95] (FixMatch's Table 12)."""
     return 0.05 + 0.9 * m
+
+
+def posterize_bits(m: float) -> int:
+    return 4 + int(4 * m)
+
+
+def solarize_threshold(m: float) -> float:
+    return float(256 - int(256 * m))
 
 
 def _color(img: torch.Tensor, m: float) -> torch.Tensor:
     if img.shape[-3] != 3:  # saturation is undefined for grey images
         return img
-    return F.adjust_saturation(img, _enhance_factor(m))
+    return F.adjust_saturation(img, enhance_factor(m))
 
 
 #: FixMatch's RandAugment pool: ``op(img, m)`` with the magnitude ``m`` in (0, 1) scaling each op's range.
@@ -98,12 +129,12 @@ FIXMATCH_OPS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "identity": lambda img, m: img,
     "autocontrast": lambda img, m: F.autocontrast(img),
     "equalize": lambda img, m: equalize(img),
-    "brightness": lambda img, m: F.adjust_brightness(img, _enhance_factor(m)),
+    "brightness": lambda img, m: F.adjust_brightness(img, enhance_factor(m)),
     "color": _color,
-    "contrast": lambda img, m: F.adjust_contrast(img, _enhance_factor(m)),
-    "sharpness": lambda img, m: F.adjust_sharpness(img, _enhance_factor(m)),
-    "posterize": lambda img, m: F.posterize(img, bits=4 + int(4 * m)),
-    "solarize": lambda img, m: F.solarize(img, threshold=float(256 - int(256 * m))),
+    "contrast": lambda img, m: F.adjust_contrast(img, enhance_factor(m)),
+    "sharpness": lambda img, m: F.adjust_sharpness(img, enhance_factor(m)),
+    "posterize": lambda img, m: F.posterize(img, bits=posterize_bits(m)),
+    "solarize": lambda img, m: F.solarize(img, threshold=solarize_threshold(m)),
     "rotate": _rotate,
     "shear_x": lambda img, m: _shear(img, m, 0),
     "shear_y": lambda img, m: _shear(img, m, 1),
