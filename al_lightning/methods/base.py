@@ -104,6 +104,11 @@ class SSLMethod(L.LightningModule):
         pretrained: the run directory of an ``al-lightning pretrain`` run (or a ``backbone.pt``
             file): the backbone starts from its weights in every fit (RandInit reloads them), and
             the single-shot strategies select on its cached ``features.pt``.
+        channels_last: keep the backbone's weights and the training views in channels-last memory
+            layout (faster convolutions with tensor cores, e.g. with ``trainer.precision:
+            bf16-mixed``); results are unchanged.
+        compile_backbone: ``torch.compile`` the student's feature extractor at the start of the
+            first fit (off by default: see the README's throughput figures for when it pays).
     """
 
     #: views of each labeled sample the method trains on
@@ -117,7 +122,8 @@ class SSLMethod(L.LightningModule):
                  optimizer: Literal["sgd", "adamw"] = "sgd", layer_decay: float | None = None,
                  scheduler: Literal["cosine", "cosine_annealing", "none"] = "cosine", warmup_steps: int = 0,
                  anneal_epochs_ratio: float = 1.0, ema_decay: float = 0.999,
-                 ema_bias_correction: bool = True, pretrained: str | None = None) -> None:
+                 ema_bias_correction: bool = True, pretrained: str | None = None,
+                 channels_last: bool = False, compile_backbone: bool = False) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw") or scheduler not in ("cosine", "cosine_annealing", "none"):
             raise ValueError(f"unknown optimizer {optimizer!r} or scheduler {scheduler!r}")
@@ -130,6 +136,9 @@ class SSLMethod(L.LightningModule):
         self.model: Backbone = create_backbone(backbone, num_classes, in_channels, **(backbone_kwargs or {}))
         if pretrained is not None:
             load_pretrained_backbone(self.model, pretrained)
+        #: memory layout of the weights and of the training views the data module builds
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         self.ema = EMATeacher(self.model, ema_decay, ema_bias_correction)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.num_classes = num_classes
@@ -174,6 +183,8 @@ class SSLMethod(L.LightningModule):
         return self.all_gather(tensor.detach()).flatten(0, 1)
 
     def on_fit_start(self) -> None:
+        if self.hparams.get("compile_backbone") and "embed" not in vars(self.model):
+            self.model.embed = torch.compile(self.model.embed)  # the teacher and the weights stay plain
         pool = self.trainer.datamodule.pool
         self.reset_sample_state(pool.size, pool.unlabeled_indices)
 

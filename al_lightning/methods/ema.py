@@ -42,6 +42,12 @@ class EMATeacher(nn.Module):
         self.module.requires_grad_(False)
         self.module.eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        #: host copy of ``num_updates`` (read back once after a load), so a step never syncs on it
+        self._updates: int | None = 0
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._updates = None
 
     def train(self, mode: bool = True) -> "EMATeacher":
         super().train(False)  # the teacher only ever evaluates
@@ -55,17 +61,22 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
+        """One EMA step over all parameters at once (multi-tensor kernels, no host sync)."""
+        if self._updates is None:
+            self._updates = int(self.num_updates)
+        self._updates += 1
         self.num_updates += 1
-        rate = self.rate(int(self.num_updates))
-        for ema_p, p in zip(self.module.parameters(), student.parameters()):
-            ema_p.lerp_(p.detach(), rate)
-        for ema_b, b in zip(self.module.buffers(), student.buffers()):
-            ema_b.copy_(b)
+        rate = self.rate(self._updates)
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in student.parameters()], rate)
+        buffers = list(self.module.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(student.buffers()))
 
     @torch.no_grad()
     def reset(self, student: nn.Module) -> None:
         self.module.load_state_dict(student.state_dict())
         self.num_updates.zero_()
+        self._updates = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)

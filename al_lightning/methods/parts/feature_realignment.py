@@ -82,8 +82,9 @@ class LabeledFeatureQueues:
         bank = self.strong.flatten(0, 1)
         unfilled = ~self.strong_filled().flatten()
         block = max(1, SIMILARITY_BLOCK_ELEMENTS // max(1, bank.shape[0]))
-        best = [(chunk @ bank.T).masked_fill_(unfilled, float("-inf")).argmax(dim=1)
-                for chunk in query.split(block)]
+        with torch.autocast(query.device.type, enabled=False):  # bf16 similarities would tie neighbours
+            best = [(chunk @ bank.T).masked_fill_(unfilled, float("-inf")).argmax(dim=1)
+                    for chunk in query.split(block)]
         return torch.cat(best) // self.length
 
     def state(self) -> dict[str, torch.Tensor]:

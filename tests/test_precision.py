@@ -1,0 +1,65 @@
+"""bf16-mixed training with channels-last weights: the network runs in bf16, every piece of
+per-sample state and every score stays in float32 or float64."""
+
+import lightning as L
+import numpy as np
+import torch
+
+from al_lightning.data import ActiveDataModule
+from al_lightning.methods import FlexMatch
+from al_lightning.methods.parts.feature_realignment import FeatureRealignment, LabeledFeatureQueues
+from al_lightning.scoring.callbacks import OnlineScoring
+
+
+def test_feature_queue_matching_under_bf16_autocast_equals_float32():
+    """Neighbours whose cosines differ below bf16's resolution: a bf16 product ties them and picks
+    the first row; the queue's match must stay the float32 argmax (the last row)."""
+    torch.manual_seed(0)
+    dim, rows = 64, 6
+    base = torch.nn.functional.normalize(torch.randn(dim), dim=0)
+    noise = torch.nn.functional.normalize(torch.randn(rows, dim), dim=1)
+    strong = base + torch.linspace(0.010, 0.002, rows)[:, None] * noise  # the last row is the closest
+    queues = LabeledFeatureQueues(torch.arange(rows), pool_size=rows, dim=dim, length=1)
+    queues.push(torch.arange(rows), strong, strong)
+    query = base[None].repeat(3, 1)
+    exact = queues.nearest_rows(query)
+    assert exact.tolist() == [rows - 1] * 3
+    bank = torch.nn.functional.normalize(strong, dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        naive = (query @ bank.T).argmax(dim=1)
+        guarded = queues.nearest_rows(query)
+    assert naive.tolist() != exact.tolist()  # what an unguarded bf16 product would pick
+    assert torch.equal(guarded, exact)
+
+
+def test_bf16_mixed_channels_last_fit_keeps_state_and_scores_in_full_precision():
+    L.seed_everything(0)
+    dm = ActiveDataModule("digits", batch_size=4, uratio=2, steps_per_epoch=3, num_workers=0)
+    dm.setup()
+    ids = np.random.default_rng(1).choice(dm.pool.size, 12, replace=False)
+    dm.pool.label(ids, dm.ground_truth(ids))
+    model = FlexMatch(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4},
+                      threshold=0.0, channels_last=True, parts=[FeatureRealignment(queue_length=3)])
+    conv_dtypes, views_layout = [], []
+    first_conv = next(m for m in model.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda mod, args, out: conv_dtypes.append(out.dtype))
+
+    class Views(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            views_layout.append(batch["unlabeled"]["strong"].is_contiguous(memory_format=torch.channels_last))
+
+    scoring = OnlineScoring()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        use_distributed_sampler=False, callbacks=[scoring, Views()])
+    trainer.fit(model, datamodule=dm)
+    assert torch.bfloat16 in conv_dtypes and views_layout == [True] * 3
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert first_conv.weight.dtype == torch.float32  # the master weights
+    state = model.sample_state()
+    assert state["learning_effect"].dtype == torch.float32 and state["selected_label"].dtype == torch.int64
+    assert (state["selected_label"][dm.pool.unlabeled_indices] >= 0).sum() > 0  # the curriculum was updated
+    queue = state["parts.0.FeatureRealignment.queue_strong"]
+    assert queue.dtype == torch.float32 and queue.abs().sum() > 0
+    assert scoring.state.u_mean.dtype == torch.float64 and scoring.state.score.dtype == torch.float64
+    assert int((scoring.state.last_pred >= 0).sum()) > 0
