@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/assl_digits.yaml
 
-.PHONY: install install-gpu demo test bench bench-methods bench-label-free tensorboard clean
+.PHONY: install install-gpu demo test bench bench-throughput bench-methods bench-label-free tensorboard clean
 
 $(BIN)/al-lightning: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+
+# Images/s of a FixMatch step by augmentation pipeline (part of make bench; about 6 minutes on 2 cores).
+bench-throughput: install
+	$(BIN)/python benchmarks/throughput.py
 
 # The SSL method suite on MNIST at 20 labels (8 methods x 3 seeds, about 5 minutes a run on 2 cores).
 bench-methods: install

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["kernels.py", "scoring_overhead.py", "fixmatch_vs_supervised.py"]
+BENCHMARKS = ["kernels.py", "scoring_overhead.py", "throughput.py", "fixmatch_vs_supervised.py"]
 
 if __name__ == "__main__":
     for name in BENCHMARKS:
