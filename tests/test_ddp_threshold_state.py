@@ -33,7 +33,9 @@ def _assert_gathered_from_both_ranks(rank0, rank1):
         for key in step0:
             assert torch.equal(step0[key], step1[key]), key
             assert len(step0[key]) == 2 * LOCAL_BATCH
-            assert not torch.equal(step0[key][:LOCAL_BATCH], step0[key][LOCAL_BATCH:])
+        # the two halves are the two ranks' own batches (a barely trained model's predictions may
+        # coincide, so one differing entry suffices)
+        assert any(not torch.equal(step0[k][:LOCAL_BATCH], step0[k][LOCAL_BATCH:]) for k in step0)
 
 
 def test_flexmatch_state_is_identical_on_both_ranks_and_equals_a_replay(saved):
