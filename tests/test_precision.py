@@ -2,10 +2,8 @@
 per-sample state and every score stays in float32 or float64."""
 
 import lightning as L
-import numpy as np
 import torch
 
-from al_lightning.data import ActiveDataModule
 from al_lightning.methods import FlexMatch
 from al_lightning.methods.parts.feature_realignment import FeatureRealignment, LabeledFeatureQueues
 from al_lightning.scoring.callbacks import OnlineScoring
@@ -32,12 +30,9 @@ def test_feature_queue_matching_under_bf16_autocast_equals_float32():
     assert torch.equal(guarded, exact)
 
 
-def test_bf16_mixed_channels_last_fit_keeps_state_and_scores_in_full_precision():
+def test_bf16_mixed_channels_last_fit_keeps_state_and_scores_in_full_precision(digits):
     L.seed_everything(0)
-    dm = ActiveDataModule("digits", batch_size=4, uratio=2, steps_per_epoch=3, num_workers=0)
-    dm.setup()
-    ids = np.random.default_rng(1).choice(dm.pool.size, 12, replace=False)
-    dm.pool.label(ids, dm.ground_truth(ids))
+    dm = digits
     model = FlexMatch(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4},
                       threshold=0.0, channels_last=True, parts=[FeatureRealignment(queue_length=3)])
     conv_dtypes, views_layout = [], []

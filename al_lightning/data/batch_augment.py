@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 from torch.nn import functional as TF
 
@@ -28,8 +27,10 @@ from al_lightning.data.transforms import (
     CUTOUT_FILL,
     FIXMATCH_OPS,
     GEOMETRIC_FILL,
+    Normalize,
     enhance_factor,
     posterize_bits,
+    reflect_source,
     rotate_matrix,
     shear_matrix,
     solarize_threshold,
@@ -99,9 +100,8 @@ def sample_cutout(batch: int, height: int, width: int, generator: torch.Generato
 # ------------------------------------------------------------------------ weak view and Cutout
 @lru_cache(maxsize=None)
 def reflect_index(size: int, padding: int, device: torch.device) -> torch.Tensor:
-    """Source row (column) of each row of the reflect-padded image (built once per device)."""
-    padded = np.arange(-padding, size + padding)
-    return torch.from_numpy(np.abs(size - 1 - np.abs(size - 1 - np.abs(padded)))).to(device)
+    """:func:`~al_lightning.data.transforms.reflect_source` on ``device``, built once."""
+    return reflect_source(size, padding).to(device)
 
 
 def crop_flip(images: torch.Tensor, params: CropParams, padding: int) -> torch.Tensor:
@@ -148,51 +148,40 @@ def affine_nearest(images: torch.Tensor, matrices: torch.Tensor, fill: int) -> t
     return out.masked_fill(~inside[:, None, :], fill).view_as(images)
 
 
-class _GeometricTables:
-    """The reference's affine matrices for every (level, sign), per image size and device."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, height: int, width: int, device: torch.device) -> torch.Tensor:
-        key = (name, height, width, str(device))
-        if key not in self._cache:
-            rows = []
-            for sign in (-1, 1):
-                for level in range(LEVELS + 1):
-                    m = level / 10
-                    if name == "rotate":
-                        rows.append(rotate_matrix(sign * int(30 * m), height, width))
-                    elif name.startswith("shear"):
-                        rows.append(shear_matrix(sign * (0.3 * m), 0 if name == "shear_x" else 1))
-                    else:
-                        axis = 0 if name == "translate_x" else 1
-                        rows.append(translate_matrix(translate_shift(sign * (0.3 * m), (width, height)[axis]), axis))
-            self._cache[key] = torch.tensor(rows, dtype=torch.float64, device=device).view(2, LEVELS + 1, 6)
-        return self._cache[key]
+def _reference_matrix(name: str, sign: int, m: float, height: int, width: int) -> tuple[float, ...]:
+    if name == "rotate":
+        return rotate_matrix(sign * int(30 * m), height, width)
+    if name.startswith("shear"):
+        return shear_matrix(sign * (0.3 * m), 0 if name == "shear_x" else 1)
+    axis = 0 if name == "translate_x" else 1
+    return translate_matrix(translate_shift(sign * (0.3 * m), (width, height)[axis]), axis)
 
 
-_TABLES = _GeometricTables()
+@lru_cache(maxsize=None)
+def _geometric_table(name: str, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """The reference's affine matrices ``(sign -/+, level 0..9, 6)``, per image size and device."""
+    rows = [_reference_matrix(name, sign, level / 10, height, width)
+            for sign in (-1, 1) for level in range(LEVELS + 1)]
+    return torch.tensor(rows, dtype=torch.float64, device=device).view(2, LEVELS + 1, 6)
 
 
 def _geometric(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     def op(images: torch.Tensor, levels: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-        table = _TABLES.get(name, *images.shape[-2:], images.device)
+        table = _geometric_table(name, *images.shape[-2:], images.device)
         return affine_nearest(images, table[(signs > 0).long(), levels], GEOMETRIC_FILL)
     return op
 
 
-_LEVEL_TABLES: dict[tuple, torch.Tensor] = {}
+@lru_cache(maxsize=None)
+def _level_values(values: Callable[[float], float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_level_table(values), dtype=dtype, device=device)
 
 
 def _per_image(values: Callable[[float], float], levels: torch.Tensor, dtype: torch.dtype = torch.float32
                ) -> torch.Tensor:
     """``values(level / 10)`` of each image's level, shaped to broadcast over (C, H, W); the
     per-level table is built once per device (no host-to-device copy per batch)."""
-    key = (values, dtype, str(levels.device))
-    if key not in _LEVEL_TABLES:
-        _LEVEL_TABLES[key] = torch.tensor(_level_table(values), dtype=dtype, device=levels.device)
-    return _LEVEL_TABLES[key][levels].view(-1, 1, 1, 1)
+    return _level_values(values, dtype, levels.device)[levels].view(-1, 1, 1, 1)
 
 
 def _complement_factor(m: float) -> float:
@@ -345,17 +334,8 @@ class BatchViews:
                  num_ops: int = 2, apply_prob: float = 0.5, cutout_fraction: float = 0.5) -> None:
         self.size, self.hflip, self.padding = size, hflip, int(0.125 * size + 0.5)
         self.num_ops, self.apply_prob, self.cutout_fraction = num_ops, apply_prob, cutout_fraction
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0 * self.scale
-        self._constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        key = str(images.device)
-        if key not in self._constants:
-            self._constants[key] = (self.scale.to(images.device), self.shift.to(images.device))
-        scale, shift = self._constants[key]
-        return images.to(torch.float32).mul_(scale).sub_(shift)
+        #: the reference's standardisation, applied to the whole batch
+        self.normalize = Normalize(mean, std)
 
     def weak_uint8(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return crop_flip(images, sample_crop(len(images), self.padding, self.hflip, generator), self.padding)

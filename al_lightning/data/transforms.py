@@ -178,7 +178,8 @@ class Cutout:
 
 
 class Normalize:
-    """uint8 -> float in [0, 1] -> per-channel standardised; plain tensor ops (v2's pair costs 10x)."""
+    """uint8 -> float in [0, 1] -> per-channel standardised, for one image (C, H, W) or a batch
+    (B, C, H, W) on any device; plain tensor ops (v2's pair costs 10x)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -186,7 +187,15 @@ class Normalize:
         self.mean = self.mean * 255.0 * self.scale
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.scale.device != img.device:  # moved once, to where the batches are
+            self.scale, self.mean = self.scale.to(img.device), self.mean.to(img.device)
         return img.to(torch.float32).mul_(self.scale).sub_(self.mean)
+
+
+def reflect_source(size: int, padding: int) -> torch.Tensor:
+    """Source row (column) of each row of a side reflect-padded by ``padding``."""
+    padded = np.arange(-padding, size + padding)
+    return torch.from_numpy(np.abs(size - 1 - np.abs(size - 1 - np.abs(padded))))
 
 
 class ReflectPadCrop:
@@ -194,8 +203,7 @@ class ReflectPadCrop:
 
     def __init__(self, size: int, padding: int) -> None:
         self.size, self.padding = size, padding
-        padded = np.arange(-padding, size + padding)
-        self.source = torch.from_numpy(np.abs(size - 1 - np.abs(size - 1 - np.abs(padded))))
+        self.source = reflect_source(size, padding)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         top, left = random.randint(0, 2 * self.padding), random.randint(0, 2 * self.padding)
