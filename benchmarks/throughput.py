@@ -173,7 +173,7 @@ def run_case(pipeline: str, case: str, accelerator: str, steps: int, warmup: int
         dm = ActiveDataModule(dataset, augmentation="per_sample", num_workers=workers, **options)
     elif pipeline.startswith("pil"):
         dm = PilDataModule(dataset, augmentation="per_sample", num_workers=workers, **options)
-    elif pipeline == "premade":
+    elif pipeline.startswith("premade"):
         dm = PremadeDataModule(dataset, num_workers=0, **options)
     else:
         dm = ActiveDataModule(dataset, num_workers=0, **options)

@@ -30,7 +30,7 @@ from the trainer's LightningModule when a loader is built:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -97,8 +97,9 @@ class PoolBatches:
     """``{"index", "plain"}`` batches of a uint8 loader, standardised on ``device`` after the
     transfer (no per-sample work in Python)."""
 
-    def __init__(self, loader: DataLoader, views: BatchViews, device: torch.device) -> None:
-        self.loader, self.views, self.device = loader, views, device
+    def __init__(self, loader: DataLoader, normalize: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device) -> None:
+        self.loader, self.normalize, self.device = loader, normalize, device
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -106,7 +107,7 @@ class PoolBatches:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for batch in self.loader:
             images = batch[RAW].to(self.device, non_blocking=True)
-            yield {"index": batch["index"], "plain": self.views.normalize(images)}
+            yield {"index": batch["index"], "plain": self.normalize(images)}
 
 
 class EvalSet(Dataset):
@@ -257,7 +258,7 @@ class ActiveDataModule(L.LightningDataModule):
         seed = self.seed * 7919 + self.cycle * 2
         labeled_ids, labels = self.labeled_training_set()
         self._device_views = {}
-        self._augment_seed = (self.seed * 7919 + self.cycle * 2) * 1000003 + rank
+        self._augment_seed = seed * 1000003 + rank
         self._generator = None
         labeled = LabeledSet(splits.train_images, labeled_ids, labels, self._loader_views("labeled", self.labeled_views()))
         unlabeled_ids = pool.unlabeled_indices
@@ -340,7 +341,7 @@ class ActiveDataModule(L.LightningDataModule):
         if device is None:
             trainer = getattr(self, "trainer", None)
             device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        return PoolBatches(loader, self.batch_views, device)
+        return PoolBatches(loader, self.batch_views.normalize, device)
 
     def test_targets(self) -> torch.Tensor:
         return self._splits().test_targets
