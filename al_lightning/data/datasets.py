@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from al_lightning.errors import UserError
 from al_lightning.registry import Registry
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset's files are missing and could not be downloaded."""
 
 
@@ -30,10 +31,19 @@ class ImageSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool  # False for digits: a mirrored digit is another glyph
+    #: the names people read; "0".."C-1" when the dataset has none
+    class_names: tuple[str, ...] = ()
+    #: a stable id per train image where the index is not one (``image_folder``: the path
+    #: relative to the root); None: the index is the id
+    train_names: tuple[str, ...] | None = None
 
     @property
     def image_size(self) -> int:
         return int(self.train_images.shape[-1])
+
+    @property
+    def names_of_classes(self) -> tuple[str, ...]:
+        return self.class_names or tuple(str(c) for c in range(self.num_classes))
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,9 @@ def _missing(name: str, root: Path, expected: list[str], err: Exception) -> Data
 
 def _torchvision_splits(name: str, cls_name: str, root: str, download: bool, expected: list[str],
                         split_kw: Callable[[bool], dict], layout: str, label_attr: str
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Train images, targets, test images, targets, and the dataset's own class names (its
+    ``classes`` attribute; empty where it has none, e.g. SVHN)."""
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cls_name)
@@ -95,7 +107,7 @@ def _torchvision_splits(name: str, cls_name: str, root: str, download: bool, exp
             raise _missing(name, Path(root), expected, err) from None
         out += [_nchw(ds.data, layout), torch.as_tensor(np.asarray(getattr(ds, label_attr)),
                                                         dtype=torch.int64)]
-    return out[0], out[1], out[2], out[3]
+    return out[0], out[1], out[2], out[3], tuple(map(str, getattr(ds, "classes", ())))
 
 
 @register_dataset("digits", num_classes=10, in_channels=1)
@@ -121,10 +133,10 @@ def _mnist_like(name: str, cls_name: str, folder: str, mean: float, std: float, 
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
     def loader(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-        splits = _torchvision_splits(name, cls_name, root, download,
-                                     [f"{folder}/raw/{f}" for f in files],
-                                     lambda train: {"train": train}, "NHW", "targets")
-        return ImageSplits(*splits, num_classes=10, mean=(mean,), std=(std,), hflip=hflip)
+        *splits, names = _torchvision_splits(name, cls_name, root, download,
+                                             [f"{folder}/raw/{f}" for f in files],
+                                             lambda train: {"train": train}, "NHW", "targets")
+        return ImageSplits(*splits, num_classes=10, mean=(mean,), std=(std,), hflip=hflip, class_names=names)
 
     register_dataset(name, num_classes=10, in_channels=1)(loader)
 
@@ -142,8 +154,8 @@ def _torchvision_rgb(name: str, cls_name: str, expected: list[str], layout: str,
         return {"train": train} if split_names is None else {"split": split_names[0 if train else 1]}
 
     def loader(root: str = "data", download: bool = False, split_seed: int = 0) -> ImageSplits:
-        splits = _torchvision_splits(name, cls_name, root, download, expected, split_kw, layout, label_attr)
-        return ImageSplits(*splits, num_classes=num_classes, mean=mean, std=std, hflip=hflip)
+        *splits, names = _torchvision_splits(name, cls_name, root, download, expected, split_kw, layout, label_attr)
+        return ImageSplits(*splits, num_classes=num_classes, mean=mean, std=std, hflip=hflip, class_names=names)
 
     register_dataset(name, num_classes=num_classes, in_channels=3)(loader)
 
@@ -174,11 +186,12 @@ def image_folder_classes(root: str) -> list[str]:
 
 
 def _decode_folder(folder: Path, classes: list[str], size: int, channels: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Images, targets, and each image's path relative to the dataset root (its stable id)."""
     from PIL import Image
 
     mode = "RGB" if channels == 3 else "L"
-    images, targets = [], []
+    images, targets, names = [], [], []
     for label, name in enumerate(classes):
         class_dir = folder / name
         if not class_dir.is_dir():
@@ -190,9 +203,10 @@ def _decode_folder(folder: Path, classes: list[str], size: int, channels: int
                     img = img.convert(mode).resize((size, size), Image.BILINEAR)
                     images.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
                 targets.append(label)
+                names.append(path.relative_to(folder.parent).as_posix())
     if not images:
         raise DatasetNotFound(f"image_folder: no images under {folder}")
-    return _nchw(np.stack(images), "NHWC"), torch.as_tensor(targets, dtype=torch.int64)
+    return _nchw(np.stack(images), "NHWC"), torch.as_tensor(targets, dtype=torch.int64), tuple(names)
 
 
 def _image_folder_shape(root: str, channels: int = 3, **options) -> tuple[int, int]:
@@ -204,7 +218,8 @@ def load_image_folder(root: str = "data", download: bool = False, split_seed: in
                       image_size: int = 32, channels: int = 3) -> ImageSplits:
     """A user's ``root/train/<class>/`` and ``root/test/<class>/``, decoded once and resized."""
     classes = image_folder_classes(root)
-    train_x, train_y = _decode_folder(Path(root) / "train", classes, image_size, channels)
-    test_x, test_y = _decode_folder(Path(root) / "test", classes, image_size, channels)
+    train_x, train_y, train_names = _decode_folder(Path(root) / "train", classes, image_size, channels)
+    test_x, test_y, _ = _decode_folder(Path(root) / "test", classes, image_size, channels)
     mean, std = channel_stats(train_x)
-    return ImageSplits(train_x, train_y, test_x, test_y, len(classes), mean, std, hflip=True)
+    return ImageSplits(train_x, train_y, test_x, test_y, len(classes), mean, std, hflip=True,
+                       class_names=tuple(classes), train_names=train_names)

@@ -16,10 +16,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from al_lightning.errors import UserError
+
 STATE_VERSION = 1
 
 
-class PoolError(ValueError):
+class PoolError(UserError, ValueError):
     """A request that would corrupt the pool; the pool is left as it was."""
 
 

@@ -1,7 +1,9 @@
 """Shard-aware samplers: every rank draws its own slice of one seeded global stream.
 
 The stream is the same on every rank (seeded by seed, cycle, epoch), so ranks never draw the
-same position twice and the pool needs no broadcast to stay consistent.
+same position twice and the pool needs no broadcast to stay consistent. ``skip()``, when given, is
+asked at the start of each iteration how many of the epoch's positions were already consumed (a fit
+resumed from a mid-epoch checkpoint continues the epoch's stream instead of restarting it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import torch
 from torch.utils.data import Sampler
 
 
+def skipped(skip: Callable[[], int] | None) -> int:
+    return 0 if skip is None else int(skip())
+
+
 class RepeatedPermutationSampler(Sampler[int]):
     """``num_samples`` positions per rank from back-to-back random permutations of ``range(n)``.
 
@@ -19,11 +25,12 @@ class RepeatedPermutationSampler(Sampler[int]):
     reference code, so a labeled set smaller than the step budget is repeated evenly.
     """
 
-    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
+                 skip: Callable[[], int] | None = None) -> None:
         if n <= 0:
             raise ValueError("cannot sample from an empty set")
         self.n, self.num_samples, self.seed = n, num_samples, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.skip = rank, world_size, skip
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -36,7 +43,7 @@ class RepeatedPermutationSampler(Sampler[int]):
         return torch.cat([torch.randperm(self.n, generator=generator) for _ in range(reps)])[:total]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_stream()[self.rank::self.world_size].tolist())
+        return iter(self.global_stream()[self.rank::self.world_size][skipped(self.skip):].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -52,11 +59,11 @@ class WeightedReplacementSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
-                 weights: Callable[[], object] | None = None) -> None:
+                 weights: Callable[[], object] | None = None, skip: Callable[[], int] | None = None) -> None:
         if n <= 0:
             raise ValueError("cannot sample from an empty set")
         self.n, self.num_samples, self.seed = n, num_samples, seed
-        self.rank, self.world_size, self.weights = rank, world_size, weights
+        self.rank, self.world_size, self.weights, self.skip = rank, world_size, weights, skip
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,7 +81,7 @@ class WeightedReplacementSampler(Sampler[int]):
                                  generator=generator)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.global_stream()[self.rank::self.world_size].tolist())
+        return iter(self.global_stream()[self.rank::self.world_size][skipped(self.skip):].tolist())
 
     def __len__(self) -> int:
         return self.num_samples

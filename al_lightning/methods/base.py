@@ -23,10 +23,19 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from al_lightning.errors import UserError
 from al_lightning.methods.ema import EMATeacher
 from al_lightning.models import Backbone, create_backbone
 from al_lightning.models.timm_backbone import TimmBackbone
 from al_lightning.pretrain.outputs import load_backbone_state, load_pool_features
+
+
+#: how often (optimizer steps) a fit checks that its loss stayed finite
+FINITE_CHECK_STEPS = 50
+
+
+class TrainingDiverged(UserError):
+    """The loss of a fit became NaN or infinite."""
 
 
 def load_pretrained_backbone(model: Backbone, pretrained: str) -> None:
@@ -115,6 +124,9 @@ class SSLMethod(L.LightningModule):
     labeled_views: tuple[str, ...] = ("weak",)
     #: views of each unlabeled sample the method trains on; empty means labeled data only
     unlabeled_views: tuple[str, ...] = ()
+    #: whether a checkpoint taken inside a fit holds everything to continue it exactly (weights,
+    #: optimizer, :meth:`sample_state`); otherwise a resumed run restarts the interrupted fit
+    resumable_mid_fit: bool = True
 
     def __init__(self, backbone: str = "wrn28_2", num_classes: int = 10, in_channels: int = 3,
                  backbone_kwargs: dict[str, Any] | None = None, lr: float = 0.03, momentum: float = 0.9,
@@ -145,6 +157,9 @@ class SSLMethod(L.LightningModule):
         #: steps taken in earlier cycles, so TensorBoard curves of all cycles share one x-axis
         self.step_offset = 0
         self._pretrained_features: torch.Tensor | None = None
+        #: per-sample state read from a mid-fit checkpoint, applied after the fit's reset
+        self._restored_sample_state: dict[str, Any] | None = None
+        self._nonfinite: torch.Tensor | None = None
 
     def pretrained_features(self) -> torch.Tensor | None:
         """The pre-training run's cached features of the train split (row i = pool id i), if any."""
@@ -187,6 +202,9 @@ class SSLMethod(L.LightningModule):
             self.model.embed = torch.compile(self.model.embed)  # the teacher and the weights stay plain
         pool = self.trainer.datamodule.pool
         self.reset_sample_state(pool.size, pool.unlabeled_indices)
+        if self._restored_sample_state is not None:
+            self.load_sample_state(self._restored_sample_state)
+            self._restored_sample_state = None
 
     def reset_sample_state(self, pool_size: int, unlabeled: np.ndarray) -> None:
         """Start a fit's per-sample state over a pool of ``pool_size`` ids, ``unlabeled`` of them
@@ -196,9 +214,43 @@ class SSLMethod(L.LightningModule):
         """The per-sample state to save with the cycle (tensors on the CPU); empty when stateless."""
         return {}
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def load_sample_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`sample_state` after :meth:`reset_sample_state` of the same pool."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sample_state"] = self.sample_state()
+        checkpoint["step_offset"] = self.step_offset
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The state is applied in :meth:`on_fit_start`, after the reset every fit starts with."""
+        self._restored_sample_state = checkpoint.get("sample_state") or None
+        self.step_offset = int(checkpoint.get("step_offset", self.step_offset))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The teacher follows every optimizer step at once, so a checkpoint taken by a callback at
+        the end of the batch holds the teacher of that step."""
+        super().optimizer_step(*args, **kwargs)
         self.ema.update(self.model)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("step", float(self.step_offset + self.global_step), on_step=True, on_epoch=False)
+        self.check_finite_loss(outputs)
+
+    def check_finite_loss(self, outputs: Any) -> None:
+        """Stop a diverged fit with one clear line. The flag accumulates on the device and is read
+        every :data:`FINITE_CHECK_STEPS` steps and at the fit's end, so a step never waits on it."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        last = self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (self.global_step % FINITE_CHECK_STEPS == 0 or last) and bool(self._nonfinite):
+            self._nonfinite = None
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite by step {self.global_step} of this fit; lower "
+                f"model.init_args.lr (now {self.hparams.lr}) or check the data, then resume: the run "
+                f"directory holds every finished cycle")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -79,6 +79,11 @@ class FixMatch(SSLMethod):
             state.update({f"parts.{i}.{type(part).__name__}.{k}": v for k, v in part.state().items()})
         return state
 
+    def load_sample_state(self, state: dict[str, Any]) -> None:
+        for i, part in enumerate(self.parts):
+            prefix = f"parts.{i}.{type(part).__name__}."
+            part.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
     # ------------------------------------------------------------ the step
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
         labeled = batch["labeled"]

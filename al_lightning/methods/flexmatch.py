@@ -50,6 +50,8 @@ class CurriculumState:
     """FlexMatch's per-sample state over a pool; :meth:`update` applied to the gathered stream of
     every step reproduces it exactly (it depends on the state before and the stream only)."""
 
+    FIELDS = ("selected_label", "class_counts", "learning_effect")
+
     def __init__(self, pool_size: int, unlabeled: np.ndarray | torch.Tensor, num_classes: int,
                  thresh_warmup: bool = True, device: torch.device | str = "cpu") -> None:
         self.thresh_warmup = thresh_warmup
@@ -92,8 +94,15 @@ class CurriculumState:
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot on the CPU (copies: the live tensors are updated in place)."""
-        return {name: getattr(self, name).to("cpu", copy=True)
-                for name in ("selected_label", "class_counts", "learning_effect")}
+        return {name: getattr(self, name).to("cpu", copy=True) for name in self.FIELDS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of the same pool (a mid-fit checkpoint)."""
+        device = self.selected_label.device
+        if state["selected_label"].shape != self.selected_label.shape:
+            raise ValueError("FlexMatch state is for another pool size")
+        for name in self.FIELDS:
+            setattr(self, name, state[name].to(device))
 
 
 @register_method("flexmatch")
@@ -129,3 +138,8 @@ class FlexMatch(FixMatch):
         if self.curriculum is not None:
             state.update(self.curriculum.state_dict())
         return state
+
+    def load_sample_state(self, state: dict[str, Any]) -> None:
+        super().load_sample_state(state)
+        assert self.curriculum is not None
+        self.curriculum.load_state_dict(state)

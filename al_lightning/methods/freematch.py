@@ -44,6 +44,8 @@ class SelfAdaptiveThresholds:
     """FreeMatch's class-level state; :meth:`update` on the gathered stream of every step
     reproduces it exactly (it depends on the state before and the stream only)."""
 
+    FIELDS = ("global_threshold", "p_model", "label_hist")
+
     def __init__(self, num_classes: int, momentum: float = 0.999, device: torch.device | str = "cpu") -> None:
         self.momentum = momentum
         uniform = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64, device=device)
@@ -68,8 +70,13 @@ class SelfAdaptiveThresholds:
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot on the CPU."""
-        return {name: getattr(self, name).to("cpu", copy=True)
-                for name in ("global_threshold", "p_model", "label_hist")}
+        return {name: getattr(self, name).to("cpu", copy=True) for name in self.FIELDS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (a mid-fit checkpoint)."""
+        device = self.p_model.device
+        for name in self.FIELDS:
+            setattr(self, name, state[name].to(device))
 
 
 def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
@@ -136,3 +143,8 @@ class FreeMatch(FixMatch):
         if self.thresholds is not None:
             state.update(self.thresholds.state_dict())
         return state
+
+    def load_sample_state(self, state: dict[str, Any]) -> None:
+        super().load_sample_state(state)
+        assert self.thresholds is not None
+        self.thresholds.load_state_dict(state)

@@ -66,6 +66,9 @@ class LPSemi(SSLMethod):
 
     #: the paper's augmentation (random translation and horizontal flip) is the weak view
     unlabeled_views = ("weak",)
+    #: an epoch's propagation reads the weights of the epoch's start, which a mid-fit checkpoint
+    #: does not hold: a resumed run restarts an interrupted fit from its beginning
+    resumable_mid_fit = False
 
     def __init__(self, warmup_epochs: int = 1, k: int = 50, alpha: float = 0.99, gamma: float = 3.0,
                  graph: Graph = "union", cg_iterations: int = 20, unlabeled_epoch_fraction: float = 0.5,

@@ -39,12 +39,24 @@ class OnlineScoring(L.Callback):
         self.record_stream = record_stream
         self.state: OnlineScoreState | None = None
         self.stream: list[dict[str, torch.Tensor]] = []
+        #: scores read from a mid-fit checkpoint, applied after the fit's reset
+        self._restored: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pool = trainer.datamodule.pool
         self.state = OnlineScoreState(pool.size, self.alpha, self.c_u, self.c_i, self.threshold,
                                       device=pl_module.device)
+        if self._restored is not None:
+            self.state.load_state_dict(self._restored)
+            self._restored = None
         self.stream = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in mid-fit checkpoints, so a resumed fit continues the same scores."""
+        return {} if self.state is None else {"scores": self.state.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict.get("scores")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

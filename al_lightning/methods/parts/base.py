@@ -72,3 +72,6 @@ class MethodPart(nn.Module):
     def state(self) -> dict[str, Any]:
         """Per-sample state to save with the cycle (CPU tensors)."""
         return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` after :meth:`reset` of the same pool (a mid-fit checkpoint)."""

@@ -91,6 +91,13 @@ class LabeledFeatureQueues:
         return {"labeled_ids": self.labeled_ids.cpu(), "queue_weak": self.weak.cpu(),
                 "queue_strong": self.strong.cpu(), "queue_pushes": self.pushes.cpu()}
 
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if not torch.equal(state["labeled_ids"], self.labeled_ids.cpu()):
+            raise ValueError("FeatureRealignment queues are for another labeled set")
+        device = self.pushes.device
+        self.weak, self.strong = state["queue_weak"].to(device), state["queue_strong"].to(device)
+        self.pushes = state["queue_pushes"].to(device)
+
 
 def similarity_loss(features_weak: torch.Tensor, features_strong: torch.Tensor,
                     queues: LabeledFeatureQueues) -> torch.Tensor:
@@ -172,3 +179,7 @@ class FeatureRealignment(MethodPart):
 
     def state(self) -> dict[str, Any]:
         return {} if self.queues is None else self.queues.state()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if self.queues is not None and state:
+            self.queues.load_state(state)

@@ -146,3 +146,8 @@ class PriorGuidance(MethodPart):
 
     def state(self) -> dict[str, Any]:
         return {} if self.prior is None else {"prior": self.prior.cpu()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """The prior of the fit's start (``reset`` recomputed it from the checkpoint's weights)."""
+        if "prior" in state:
+            self.prior = state["prior"].to(self.prior.device if self.prior is not None else "cpu")
