@@ -1,6 +1,6 @@
 """The active-learning cycle controller and the oracles that answer labeling requests."""
 
 from al_lightning.loop.active_loop import ActiveLoop
-from al_lightning.loop.oracle import Oracle, SimulatedOracle
+from al_lightning.loop.oracle import FileOracle, Oracle, SimulatedOracle
 
-__all__ = ["ActiveLoop", "Oracle", "SimulatedOracle"]
+__all__ = ["ActiveLoop", "FileOracle", "Oracle", "SimulatedOracle"]
