@@ -32,7 +32,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from al_lightning.data import DATASETS, ActiveDataModule
-from al_lightning.data.pool import ActivePool, PoolError, write_atomic
+from al_lightning.data.pool import ActivePool, write_atomic
 from al_lightning.errors import UserError
 from al_lightning.loop import ActiveLoop
 from al_lightning.loop.active_loop import commit_files, default_run_dir, start_processes
@@ -151,13 +151,9 @@ class ActiveLearningCLI(LightningCLI):
         loop: ActiveLoop = self._get(self.config_init, "loop")
         start_processes(self.trainer)
         run_dir = self.resume if self.resume is not None else default_run_dir(self.trainer)
-        if self.resume is None and self.trainer.is_global_zero:
-            if (run_dir / "state.json").exists():
-                raise PoolError(f"{run_dir} already holds a run; continue it with 'al-lightning fit --resume "
-                                f"{run_dir}' or start a new one elsewhere")
-            self.save_config(run_dir)
         results = loop.run(model, datamodule, lambda: first.pop() if first else self.build_trainer(),
-                           run_dir=run_dir, resume=self.resume is not None)
+                           run_dir=run_dir, resume=self.resume is not None,
+                           config=None if self.resume is not None else self.config_yaml())
         if not self.trainer.is_global_zero:
             return
         print(results_table(results))
@@ -170,17 +166,16 @@ class ActiveLearningCLI(LightningCLI):
         else:
             print(f"\nresults, pool and selections: {run_dir}\nTensorBoard: tensorboard --logdir {run_dir}")
 
-    def save_config(self, run_dir: Path) -> None:
-        """The run's full config as ``config.yaml``, written atomically (rank 0 only)."""
-        config = self._parser(self.subcommand).dump(self.config.get(str(self.subcommand), self.config),
-                                                     skip_none=False)
-        write_atomic(Path(run_dir) / "config.yaml", lambda handle: handle.write(config.encode()))
+    def config_yaml(self) -> str:
+        """The run's full config (what ``--print_config`` shows)."""
+        return self._parser(self.subcommand).dump(self.config.get(str(self.subcommand), self.config),
+                                                  skip_none=False)
 
     def pretrain(self, model: PretrainMethod, datamodule: ActiveDataModule) -> None:
         self.trainer.fit(model, datamodule=PretrainDataModule(datamodule))
         run_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.is_global_zero:
-            self.save_config(run_dir)
+            write_atomic(Path(run_dir) / "config.yaml", lambda handle: handle.write(self.config_yaml().encode()))
             print(f"\nbackbone.pt, features.pt and TensorBoard logs: {run_dir}")
 
 

@@ -115,10 +115,8 @@ def log_queries(board: Any, batch: QueryBatch, labels: np.ndarray | None, step: 
     predictions while people label)."""
     shown = min(len(batch.pool_ids), QUERY_GRID_IMAGES)
     names = batch.class_names
-    captions = [f"{batch.sample_ids[i]}\n{batch.predicted_name(i)} ({batch.probability[i]:.2f})"
-                for i in range(shown)]
-    board.add_image("queries/images", np.asarray(contact_sheet(batch.images[:shown], captions)), step,
-                    dataformats="HWC")
+    sheet = contact_sheet(batch.images[:shown], [batch.caption(i) for i in range(shown)])
+    board.add_image("queries/images", np.asarray(sheet), step, dataformats="HWC")
     classes, kind = (labels, "labels") if labels is not None else (batch.predicted, "predicted classes")
     classes = np.asarray(classes, dtype=np.int64)
     counts = np.bincount(classes[classes >= 0], minlength=len(names))
@@ -235,9 +233,10 @@ class ActiveLoop:
 
     # -------------------------------------------------------------- top level
     def run(self, model: SSLMethod, datamodule: ActiveDataModule, make_trainer: Callable[[], L.Trainer],
-            run_dir: str | Path | None = None, resume: bool = False) -> list[dict]:
+            run_dir: str | Path | None = None, resume: bool = False, config: str | None = None) -> list[dict]:
         """Run (or, with ``resume``, continue) the cycles; files go to ``run_dir`` (default: the
-        first trainer's log directory). Returns the results rows of every finished cycle."""
+        first trainer's log directory), ``config`` (YAML) becomes its ``config.yaml`` with the first
+        commit. Returns the results rows of every finished cycle."""
         if os.environ.get("LOCAL_RANK", "0") == "0":
             datamodule.prepare_data()
         datamodule.setup("fit")
@@ -260,6 +259,8 @@ class ActiveLoop:
                                 f"--resume {directory.path}' or start a new one elsewhere")
             self._check_budget(pool)
             initial = broadcast_from_zero(self._initial_ids(pool, model, datamodule))
+            if config is not None and rank_zero:
+                write_atomic(directory.path / "config.yaml", lambda handle: handle.write(config.encode()))
             model.reset_teacher()
             self._initial_weights = copy.deepcopy(model.state_dict())
             weights = self._save(directory, "initial_weights", {"model": self._initial_weights}, rank_zero)
@@ -307,8 +308,8 @@ class ActiveLoop:
         except TrainingDiverged as err:
             if trainer.is_global_zero:  # it may hold weights past the divergence: restart the fit instead
                 checkpoint.unlink(missing_ok=True)
-            raise TrainingDiverged(f"cycle {cycle}: {err}; continue with 'al-lightning fit --resume "
-                                   f"{directory.path}' and the changed setting") from None
+            raise TrainingDiverged(f"cycle {cycle}: {err}; the finished cycles are kept: continue with "
+                                   f"'al-lightning fit --resume {directory.path} <the changed setting>'") from None
         fit_seconds = time.perf_counter() - started
         device = trainer.strategy.root_device
         model.to(device)

@@ -65,6 +65,12 @@ class QueryBatch:
     def predicted_name(self, i: int) -> str:
         return "" if self.predicted[i] < 0 else self.class_names[int(self.predicted[i])]
 
+    def caption(self, i: int) -> str:
+        """Sample id, then the predicted class and its probability when there is one."""
+        if self.predicted[i] < 0:
+            return self.sample_ids[i]
+        return f"{self.sample_ids[i]}\n{self.predicted_name(i)} ({self.probability[i]:.2f})"
+
 
 def contact_sheet(images: torch.Tensor, captions: list[str], columns: int | None = None,
                   cell: int = 96) -> Image.Image:
@@ -131,10 +137,7 @@ def write_queries(run_dir: Path, batch: QueryBatch) -> dict[str, Path]:
     paths = {"csv": folder / f"cycle_{k}.csv", "contact_sheet": folder / f"cycle_{k}.png",
              "label_studio": folder / f"cycle_{k}_label_studio.json"}
     write_atomic(paths["csv"], lambda handle: handle.write(rows.getvalue().encode()))
-    captions = [f"{batch.sample_ids[i]}\n{batch.predicted_name(i)} "
-                f"{'' if not np.isfinite(batch.probability[i]) else f'({batch.probability[i]:.2f})'}"
-                for i in range(len(batch.pool_ids))]
-    sheet = contact_sheet(batch.images, captions)
+    sheet = contact_sheet(batch.images, [batch.caption(i) for i in range(len(batch.pool_ids))])
     write_atomic(paths["contact_sheet"], lambda handle: handle.write(_png(sheet)))
     write_json_atomic(paths["label_studio"], tasks)
     return paths

@@ -249,8 +249,7 @@ class SSLMethod(L.LightningModule):
             self._nonfinite = None
             raise TrainingDiverged(
                 f"the training loss became NaN or infinite by step {self.global_step} of this fit; lower "
-                f"model.init_args.lr (now {self.hparams.lr}) or check the data, then resume: the run "
-                f"directory holds every finished cycle")
+                f"model.init_args.lr (now {self.hparams.lr:g}) or check the data")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
