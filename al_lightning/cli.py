@@ -255,6 +255,8 @@ def main(args: list[str] | None = None) -> None:
     # the EMA teacher is in eval mode on purpose; the pytree notice is Lightning-internal
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    # the samplers continue a resumed epoch where it stopped (ActiveDataModule.resumed_batches)
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended.*")
     # main() always hands LightningCLI its (possibly rewritten) arguments
     warnings.filterwarnings("ignore", message=r".*args parameter is intended to run from within Python.*")
     argv = list(sys.argv[1:] if args is None else args)
