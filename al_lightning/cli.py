@@ -156,7 +156,8 @@ class ActiveLearningCLI(LightningCLI):
                            config=None if self.resume is not None else self.config_yaml())
         if not self.trainer.is_global_zero:
             return
-        print(results_table(results))
+        if results:
+            print(results_table(results))
         if loop.waiting_for_labels is not None:
             count, cycle = loop.waiting_for_labels
             print(f"\n{count} images to label for cycle {cycle}: fill the label column of "
