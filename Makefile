@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/assl_digits.yaml
 
-.PHONY: install install-gpu demo test bench bench-throughput bench-methods bench-label-free tensorboard clean
+.PHONY: install install-gpu demo test bench bench-throughput bench-methods bench-label-free bench-curves tensorboard clean
 
 $(BIN)/al-lightning: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench-methods: install
 # AS3L's prior pseudo-labels, 10 FlexMatch fits (about 1.5 hours on 2 cores).
 bench-label-free: install
 	$(BIN)/python benchmarks/label_free.py
+
+# Learning curves of the acquisition strategies on MNIST: 6 strategies x 5 seeds x 2 regimes (1 and 10
+# labels per class per cycle), 4 FixMatch fits each; finished runs in runs/bench_learning_curves are reused.
+bench-curves: install
+	$(BIN)/python benchmarks/learning_curves.py --jobs 2
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir runs
