@@ -105,3 +105,27 @@ def nearest_to_centres(x: Any, centres: Any, candidates: int = 16) -> np.ndarray
         if (picks >= 0).all() or k == n:
             return picks
         k = min(n, 4 * k)
+
+
+def range_search(base: Any, radius: float, queries: Any | None = None, chunk: int = 4096
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of ``base`` at Euclidean distance strictly below ``radius`` from each query row
+    (``queries`` defaults to ``base``, where each row finds itself), as CSR arrays ``(indptr (q + 1,)
+    int64, indices)``: the neighbours of query i are ``indices[indptr[i]:indptr[i + 1]]``, in no
+    promised order. Exact, on the CPU (faiss has no GPU range search), over query chunks so no
+    q x n block is ever held; memory is the number of pairs found. Indices are int32 when they fit."""
+    base = as_float32(base)
+    queries = base if queries is None else as_float32(queries)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    dtype = np.int32 if base.shape[0] < 2**31 else np.int64
+    counts, parts = [np.zeros(1, dtype=np.int64)], []
+    if radius > 0:
+        for start in range(0, queries.shape[0], chunk):
+            lims, _, found = index.range_search(queries[start:start + chunk], float(radius) ** 2)
+            counts.append(np.diff(lims).astype(np.int64))
+            parts.append(found.astype(dtype))
+    else:  # an empty ball: faiss could still report a self-distance rounded below zero
+        counts.append(np.zeros(queries.shape[0], dtype=np.int64))
+    indptr = np.cumsum(np.concatenate(counts))
+    return indptr, np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
