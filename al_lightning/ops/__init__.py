@@ -15,6 +15,7 @@ from al_lightning.ops.kmedoids import k_medoids
 from al_lightning.ops.kmeanspp import badge_kmeanspp, badge_pairwise_sq_distances, kmeanspp
 from al_lightning.ops.label_propagation import (conjugate_gradient, joint_label_propagation_select, knn_affinity,
                                                 label_propagation)
+from al_lightning.ops.typiclust import typiclust_from_clusters, typiclust_select, typicality
 from al_lightning.ops.usl import knn_density, usl_select
 
 __all__ = ["alfamix_candidates", "alfamix_select", "badge_kmeanspp", "badge_pairwise_sq_distances",
@@ -22,4 +23,5 @@ __all__ = ["alfamix_candidates", "alfamix_select", "badge_kmeanspp", "badge_pair
            "finetune_features", "joint_label_propagation_select", "k_center_greedy", "k_medoids", "kmeans",
            "kmeans_runs", "kmeanspp", "knn_affinity", "knn_density", "knn_search", "label_propagation",
            "last_occurrence", "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels",
-           "stable_cluster_select", "stable_clusters", "usl_select"]
+           "stable_cluster_select", "stable_clusters", "typicality", "typiclust_from_clusters", "typiclust_select",
+           "usl_select"]

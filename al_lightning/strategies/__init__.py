@@ -22,10 +22,11 @@ from al_lightning.strategies.least_confidence import LeastConfidence  # noqa: E4
 from al_lightning.strategies.margin import Margin  # noqa: E402
 from al_lightning.strategies.noise_stability import NoiseStability  # noqa: E402
 from al_lightning.strategies.random import Random  # noqa: E402
+from al_lightning.strategies.typiclust import TypiClust  # noqa: E402
 from al_lightning.strategies.usl import USL  # noqa: E402
 from al_lightning.strategies.usl_t import USLT  # noqa: E402
 
 __all__ = ["AcquisitionContext", "ActiveFT", "ALFAMix", "AS3L", "ASSL", "ASSLDiv", "BADGE", "CDAL", "CEAL",
            "CoreSet", "Entropy", "FeatureKind", "JLP", "KMedoids", "LeastConfidence", "Margin",
-           "NoiseStability", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES", "Strategy",
-           "top_k", "USL", "USLT"]
+           "NoiseStability", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES",
+           "Strategy", "top_k", "TypiClust", "USL", "USLT"]
