@@ -18,18 +18,28 @@ from al_lightning.models import Backbone
 
 
 @torch.no_grad()
-def embed_and_classify(model: Backbone, loader: DataLoader, device: torch.device
+def embed_and_classify(model: Backbone, loader: DataLoader, device: torch.device, total: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and logits (float32) of the ``total`` items of ``loader``, written batch by batch into
+    tensors allocated once on ``device``: the peak is the outputs plus one batch, never a list of
+    batches and their concatenation (2x the outputs)."""
     was_training = model.training
     model.eval()
-    features, logits = [], []
+    features = logits = torch.empty(0, device=device)
+    start = 0
     for batch in loader:
         z = model.embed(batch["plain"].to(device, non_blocking=True))
-        features.append(z.float())
-        logits.append(model.classify(z).float())
+        out = model.classify(z)
+        if start == 0:
+            features = torch.empty(total, z.shape[1], device=device)
+            logits = torch.empty(total, out.shape[1], device=device)
+        features[start:start + len(z)] = z.float()
+        logits[start:start + len(z)] = out.float()
+        start += len(z)
     model.train(was_training)
-    empty = torch.empty(0, device=device)
-    return (torch.cat(features) if features else empty), (torch.cat(logits) if logits else empty)
+    if start != total:
+        raise RuntimeError(f"the pool loader gave {start} items for a dataset of {total}")
+    return features, logits
 
 
 def pool_inference(model: Backbone, loader_for: Callable[[np.ndarray], DataLoader], indices: Any,
@@ -37,5 +47,6 @@ def pool_inference(model: Backbone, loader_for: Callable[[np.ndarray], DataLoade
     """Embeddings ``(n, d)`` and logits ``(n, C)`` of ``indices``, in that order, on every rank."""
     indices = np.asarray(indices)
     rank, size = world()
-    features, logits = embed_and_classify(model, loader_for(indices[rank::size]), device)
+    mine = indices[rank::size]
+    features, logits = embed_and_classify(model, loader_for(mine), device, len(mine))
     return gather_interleaved(features, len(indices), device), gather_interleaved(logits, len(indices), device)

@@ -14,7 +14,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 @register_strategy("assl_div")
 class ASSLDiv(Strategy):
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        score = context.scores.score[torch.as_tensor(context.unlabeled)].float()
-        weighted = score.cpu()[:, None] * context.embeddings.float().cpu()
+        embeddings = context.embeddings.float()
+        score = context.scores.score[torch.as_tensor(context.unlabeled, device=context.scores.score.device)]
+        weighted = embeddings * score.to(embeddings.device, torch.float32)[:, None]
         first = int(weighted.norm(dim=1).argmax())
         return context.unlabeled[kmeanspp(weighted, budget, context.rng(), first=first)]

@@ -12,5 +12,5 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 @register_strategy("badge")
 class BADGE(Strategy):
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        rows = badge_kmeanspp(context.probs.cpu(), context.embeddings.cpu(), budget, context.rng())
+        rows = badge_kmeanspp(context.probs, context.embeddings, budget, context.rng())
         return context.unlabeled[rows]

@@ -24,6 +24,31 @@ from al_lightning.registry import Registry
 from al_lightning.scoring.online import OnlineScoreState
 
 
+#: rows per block of the row-wise computations on (n, C) tensors: bounded temporaries at any n
+ROW_CHUNK = 65_536
+
+
+def softmax_rows_(logits: torch.Tensor, chunk: int = ROW_CHUNK) -> torch.Tensor:
+    """Softmax over the last dimension in place, ``chunk`` rows at a time: the probabilities of a
+    million-sample, thousand-class pool take the logits' memory instead of twice it."""
+    for block in logits.split(chunk):
+        block.copy_(torch.softmax(block, dim=-1))
+    return logits
+
+
+def rowwise(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, chunk: int = ROW_CHUNK) -> torch.Tensor:
+    """``fn`` (one value per row) over ``chunk`` rows at a time, concatenated: its temporaries are
+    chunk x C, never n x C."""
+    if not len(rows):
+        return fn(rows)
+    return torch.cat([fn(block) for block in rows.split(chunk)])
+
+
+def entropy_rows(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of every row of ``probs``, in blocks."""
+    return rowwise(lambda p: -(p * p.clamp_min(1e-12).log()).sum(dim=-1), probs)
+
+
 class RandomNetworkError(RuntimeError):
     """A strategy asked for features that would come from an untrained, randomly initialised network."""
 
@@ -90,8 +115,9 @@ class AcquisitionContext:
 
     @cached_property
     def probs(self) -> torch.Tensor:
-        """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)``."""
-        return torch.softmax(self._inference[1], dim=-1)
+        """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)`` float32,
+        computed in place over the inference's logits (which are not kept)."""
+        return softmax_rows_(self._inference[1])
 
     @property
     def labeled_embeddings(self) -> torch.Tensor:
@@ -99,7 +125,7 @@ class AcquisitionContext:
 
     @cached_property
     def labeled_probs(self) -> torch.Tensor:
-        return torch.softmax(self._labeled_inference[1], dim=-1)
+        return softmax_rows_(self._labeled_inference[1])
 
     @property
     def num_classes(self) -> int:

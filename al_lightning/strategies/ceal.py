@@ -24,9 +24,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
-from al_lightning.strategies.base import AcquisitionContext, register_strategy
+from al_lightning.strategies.base import AcquisitionContext, register_strategy, rowwise
 from al_lightning.strategies.entropy import Entropy
+
+
+def entropy_float64(probs: torch.Tensor) -> torch.Tensor:
+    """Row entropies in float64: the threshold compares small values (0.1 log C)."""
+    p = probs.double()
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
 
 
 @register_strategy("ceal")
@@ -41,7 +48,8 @@ class CEAL(Entropy):
     def pseudo_labels(self, context: AcquisitionContext, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unlabeled ids (ascending) whose normalised entropy is at most the cycle's threshold,
         picks excluded, with their argmax labels (Eq. 7)."""
-        probs = context.probs.double().cpu()
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).numpy() / math.log(context.num_classes)
+        probs = context.probs
+        entropy = rowwise(entropy_float64, probs).cpu().numpy() / math.log(context.num_classes)
+        predicted = probs.argmax(dim=-1).cpu().numpy()
         certain = (entropy <= self.threshold(context.cycle)) & ~np.isin(context.unlabeled, picks)
-        return context.unlabeled[certain], probs.argmax(dim=-1).numpy()[certain]
+        return context.unlabeled[certain], predicted[certain]
