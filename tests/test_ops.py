@@ -223,6 +223,24 @@ def test_match_clusters_recovers_a_permutation():
     assert np.array_equal(match_clusters(a, np.array([2, 2, 0, 0, 1, 1, 1]), 3), a)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_match_clusters_reaches_the_dense_assignment_optimum(seed):
+    """The sparse matching is a bijection with the overlap of the dense Hungarian solution, also
+    when clusters overlap nobody they could take (few samples, many clusters)."""
+    from scipy.optimize import linear_sum_assignment
+    rng = np.random.default_rng(seed)
+    k, n = (7, 60) if seed % 2 else (12, 15)
+    reference, other = rng.integers(0, k, n), rng.integers(0, k, n)
+    other[: n // 3] = (reference[: n // 3] + 3) % k  # a partly permuted copy
+    overlap = np.zeros((k, k), dtype=np.int64)
+    np.add.at(overlap, (reference, other), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    relabelled = match_clusters(reference, other, k)
+    mapping = {o: int(r) for o, r in zip(other, relabelled)}
+    assert len(set(mapping.values())) == len(mapping)  # a bijection on the clusters that occur
+    assert int(np.sum(relabelled == reference)) == int(overlap[rows, cols].sum())
+
+
 def test_stable_cluster_select_and_kmedoids_return_distinct_rows():
     rng = np.random.default_rng(10)
     x = np.concatenate([rng.normal(loc=6 * c, size=(30, 4)) for c in range(5)]).astype(np.float32)
@@ -264,7 +282,7 @@ def test_alfamix_candidates_are_exactly_the_prediction_flips():
     # budget above n: the cap climbs to 1; brute force over the same alphas
     pred = head(z).argmax(1)
     zv = z.clone().requires_grad_(True)
-    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(head(zv), pred), zv)[0]
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(head(zv), pred, reduction="sum"), zv)[0]
     expected = torch.zeros(100, dtype=torch.bool)
     cap = 0.0
     while cap < 1.0:
@@ -278,6 +296,8 @@ def test_alfamix_candidates_are_exactly_the_prediction_flips():
     assert mask.any() and not mask.all()
     general = ops.alfamix_candidates(z, lambda v: head(v), anchors, budget=1000, mode="closed_form")
     assert torch.equal(general, expected)  # the per-cap loop for heads that are not affine
+    for classify in (head, lambda v: head(v)):  # rows in blocks give the same mask
+        assert torch.equal(ops.alfamix_candidates(z, classify, anchors, budget=1000, chunk=7), expected)
     picks = ops.alfamix_select(z, head, anchors, 10, np.random.default_rng(0))
     assert len(set(picks.tolist())) == 10
 

@@ -91,35 +91,59 @@ def _first_flip_cap(head: torch.nn.Linear, z: torch.Tensor, anchors: torch.Tenso
     return best
 
 
+def _predictions_and_gradients(classify: Classifier, z: torch.Tensor, closed_form: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predicted labels of ``z`` and, for the closed form, each row's gradient of the cross-entropy
+    at its predicted label (summed loss: a row's gradient does not depend on its batch; the
+    closed form only uses its direction)."""
+    with torch.no_grad():
+        predicted = classify(z).argmax(1)
+    if not closed_form:
+        return predicted, None
+    z_var = z.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(classify(z_var), predicted, reduction="sum")
+    return predicted, torch.autograd.grad(loss, z_var)[0]
+
+
 def alfamix_candidates(embeddings: torch.Tensor, classify: Classifier, anchors: torch.Tensor, budget: int,
-                       mode: str = "closed_form", cap_step: float = 1 / 32, seed: int = 0) -> torch.Tensor:
-    """Boolean mask over ``embeddings`` of the samples whose prediction an anchor mix flips."""
+                       mode: str = "closed_form", cap_step: float = 1 / 32, seed: int = 0, chunk: int = 16_384
+                       ) -> torch.Tensor:
+    """Boolean mask over ``embeddings`` of the samples whose prediction an anchor mix flips.
+    Rows are processed ``chunk`` at a time (every row's test is its own), so the temporaries are
+    chunk x (d + C) whatever the pool size."""
     if mode not in ("closed_form", "optimised"):
         raise ValueError(f"ALFA-Mix alpha must be 'closed_form' or 'optimised', got {mode!r}")
     z = embeddings if embeddings.is_floating_point() else embeddings.float()
-    with torch.no_grad():
-        predicted = classify(z).argmax(1)
-    grads = None
-    if mode == "closed_form":
-        z_var = z.clone().requires_grad_(True)
-        loss = F.cross_entropy(classify(z_var), predicted)
-        grads = torch.autograd.grad(loss, z_var)[0]
     anchors = anchors.to(z.device, z.dtype)
-    first_flip = None
-    if grads is not None and isinstance(classify, torch.nn.Linear):
-        first_flip = _first_flip_cap(classify, z, anchors, grads, predicted)
+    closed_form = mode == "closed_form"
+    blocks = [slice(start, start + chunk) for start in range(0, len(z), chunk)]
+    if closed_form and isinstance(classify, torch.nn.Linear):  # one pass gives every row's first flipping cap
+        def first_flip_of(rows: slice) -> torch.Tensor:
+            predicted, grads = _predictions_and_gradients(classify, z[rows], True)
+            return _first_flip_cap(classify, z[rows], anchors, grads, predicted)
+
+        first_flip = torch.cat([first_flip_of(rows) for rows in blocks]) if blocks else z.new_zeros(0)
+        cap = 0.0
+        candidate = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+        while cap < 1.0:
+            cap += cap_step
+            candidate = first_flip < cap
+            if int(candidate.sum()) > budget:
+                break
+        return candidate
     generator = torch.Generator().manual_seed(seed)
     candidate = torch.zeros(len(z), dtype=torch.bool, device=z.device)
     cap = 0.0
     while cap < 1.0:
         cap += cap_step
-        if first_flip is not None:
-            candidate = first_flip < cap
-        for anchor in anchors if first_flip is None else ():
-            if grads is not None:
-                candidate |= _changes(classify, z, anchor, cap * _closed_form_direction(z, anchor, grads), predicted)
-            else:
-                candidate |= _optimised_changes(classify, z, anchor, predicted, cap, generator)
+        for rows in blocks:
+            predicted, grads = _predictions_and_gradients(classify, z[rows], closed_form)
+            for anchor in anchors:
+                if grads is not None:
+                    direction = cap * _closed_form_direction(z[rows], anchor, grads)
+                    candidate[rows] |= _changes(classify, z[rows], anchor, direction, predicted)
+                else:
+                    candidate[rows] |= _optimised_changes(classify, z[rows], anchor, predicted, cap, generator)
         if int(candidate.sum()) > budget:
             break
     return candidate

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+import scipy.sparse as sp
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from al_lightning.ops.faiss_ops import as_float32, kmeans, knn_search, nearest_to_centres
 
@@ -63,9 +64,14 @@ def finetune_features(features: Any, num_clusters: int, runs: int = 6, epochs: i
     x = torch.from_numpy(x_np).to(device)
     centres_t = torch.from_numpy(centres).to(device)
     assignments_t = torch.from_numpy(assignments).to(device)
-    assigned = [centres_t[r][assignments_t[:, r]] for r in range(runs)]
-    mean_centre = torch.stack(assigned).mean(0)
-    spread = torch.stack([(c - mean_centre).pow(2).sum(1) for c in assigned]).mean(0)
+    mean_centre = torch.zeros_like(x)
+    for r in range(runs):  # one (N, d) gather at a time: the runs' centres are never all held
+        mean_centre += centres_t[r][assignments_t[:, r]]
+    mean_centre /= runs
+    spread = torch.zeros(x.shape[0], device=device)
+    for r in range(runs):
+        spread += (centres_t[r][assignments_t[:, r]] - mean_centre).pow(2).sum(1)
+    spread /= runs
 
     layer = torch.nn.Linear(x.shape[1], x.shape[1]).to(device)
     with torch.no_grad():
@@ -93,12 +99,34 @@ def finetune_features(features: Any, num_clusters: int, runs: int = 6, epochs: i
 
 
 def match_clusters(reference: np.ndarray, other: np.ndarray, k: int) -> np.ndarray:
-    """``other`` relabelled so that its clusters overlap ``reference``'s as much as possible."""
-    overlap = np.bincount(reference * k + other, minlength=k * k).reshape(k, k)
-    ref_ids, other_ids = linear_sum_assignment(-overlap)
-    mapping = np.empty(k, dtype=np.int64)
-    mapping[other_ids] = ref_ids
-    return mapping[other]
+    """``other`` relabelled so that its clusters overlap ``reference``'s as much as possible: the
+    maximum-overlap bijection between the two sets of ``k`` clusters (the assignment problem).
+
+    Solved on the sparse overlap matrix (at most n nonzero pairs; K = 10,000 clusters would need a
+    10^8-entry dense matrix): a min-weight perfect matching on 2K x 2K nodes where every edge costs
+    ``M + 1`` (M the largest overlap) less its overlap. Cluster i of ``reference`` pairs with a
+    cluster j of ``other`` (an overlapping pair), or with its own dummy (unmatched); a dummy of j
+    pairs with j (unmatched) or, for an overlapping pair (i, j), with the dummy of i. Every perfect
+    matching costs ``2K (M + 1)`` minus the overlap of its real pairs, so the cheapest maximises the
+    overlap, exactly as the dense assignment would. Clusters left unmatched overlap nobody they
+    could take, so how they are paired changes no sample's label; they are paired in index order.
+    """
+    reference, other = np.asarray(reference, dtype=np.int64), np.asarray(other, dtype=np.int64)
+    pairs, overlap = np.unique(reference * k + other, return_counts=True)
+    rows, cols = pairs // k, pairs % k
+    cost = float(overlap.max(initial=0)) + 1.0
+    identity = np.arange(k)
+    edge_rows = np.concatenate([rows, identity, k + identity, k + cols])
+    edge_cols = np.concatenate([cols, k + identity, identity, k + rows])
+    weights = np.concatenate([cost - overlap, np.full(2 * k, cost), np.full(len(pairs), cost)])
+    graph = sp.csr_matrix((weights, (edge_rows, edge_cols)), shape=(2 * k, 2 * k))
+    _, partner = min_weight_full_bipartite_matching(graph)
+    ref_of = np.full(k, -1, dtype=np.int64)  # other's cluster -> reference's
+    matched = partner[:k] < k
+    ref_of[partner[:k][matched]] = identity[matched]
+    free_ref = np.setdiff1d(identity, ref_of[ref_of >= 0])
+    ref_of[ref_of < 0] = free_ref
+    return ref_of[other]
 
 
 def stable_clusters(assignments: np.ndarray, k: int) -> np.ndarray:

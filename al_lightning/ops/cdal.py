@@ -3,10 +3,14 @@ k-center over the predicted class distributions with the contextual-diversity di
 symmetric KL divergence  d(p, q) = (KL(p||q) + KL(q||p)) / 2.
 
 With s_i = p_i . log p_i the distance is d(i, j) = (s_i + s_j - p_i . log p_j - p_j . log p_i) / 2,
-so each greedy step is two matrix-vector products, O(n C), never an n x n matrix.
+so each greedy step is two matrix-vector products, O(n C), never an n x n matrix. The distances
+are computed in the probabilities' precision (float32 from pool inference, at least float32): a
+million-sample, thousand-class pool needs two matrices of its size (clamped p and log p).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -14,12 +18,19 @@ EPS = 1e-12
 Distributions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _log_distributions(probs: torch.Tensor) -> Distributions:
-    """``(p, log p, p . log p)`` with p renormalised away from zero."""
-    p = probs.double().clamp_min(EPS)
-    p = p / p.sum(1, keepdim=True)
-    log_p = p.log()
-    return p, log_p, (p * log_p).sum(1)
+def _log_distributions(probs: torch.Tensor, chunk: int = 65_536) -> Distributions:
+    """``(p, log p, p . log p)`` with p clamped away from zero (1e-12) and renormalised, built
+    ``chunk`` rows at a time into two new matrices (the input is left alone)."""
+    dtype = torch.promote_types(probs.dtype, torch.float32)
+    p = torch.empty(probs.shape, dtype=dtype, device=probs.device)
+    log_p = torch.empty_like(p)
+    for start in range(0, len(probs), chunk):
+        block = probs[start:start + chunk].to(dtype).clamp_min(EPS)
+        p[start:start + chunk] = block / block.sum(1, keepdim=True)
+        log_p[start:start + chunk] = p[start:start + chunk].log()
+    entropy = torch.cat([(a * b).sum(1) for a, b in zip(p.split(chunk), log_p.split(chunk))]) if len(p) \
+        else p.new_zeros(0)
+    return p, log_p, entropy
 
 
 def _rows(d: Distributions, rows: slice) -> Distributions:
@@ -47,10 +58,13 @@ def contextual_diversity_k_center(probs: torch.Tensor, budget: int, centre_probs
     else:
         picks.append(first)
         min_d = symmetric_kl(dists, _rows(dists, slice(first, first + 1)))[:, 0]
-    min_d[picks] = 0.0
+    # divergences are clamped at 0 (float rounding can push near-identical rows below it) and picked
+    # rows leave the race, so no row is picked twice however flat the predictions are
+    min_d = min_d.clamp_min(0.0)
+    min_d[picks] = -math.inf
     while len(picks) < budget:
         i = int(torch.argmax(min_d))
         picks.append(i)
-        min_d = torch.minimum(min_d, symmetric_kl(dists, _rows(dists, slice(i, i + 1)))[:, 0])
-        min_d[i] = 0.0
+        torch.minimum(min_d, symmetric_kl(dists, _rows(dists, slice(i, i + 1)))[:, 0].clamp_min(0.0), out=min_d)
+        min_d[i] = -math.inf
     return picks

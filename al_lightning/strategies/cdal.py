@@ -12,7 +12,7 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 @register_strategy("cdal")
 class CDAL(Strategy):
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        centres = context.labeled_probs.cpu() if len(context.labeled) else None
+        centres = context.labeled_probs if len(context.labeled) else None
         first = int(context.rng().integers(len(context.unlabeled)))
-        rows = contextual_diversity_k_center(context.probs.cpu(), budget, centres, first=first)
+        rows = contextual_diversity_k_center(context.probs, budget, centres, first=first)
         return context.unlabeled[rows]
