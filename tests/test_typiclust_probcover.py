@@ -1,13 +1,15 @@
-"""TypiClust against brute-force re-implementations on small inputs (dense distance
-matrices, plain Python loops), and its promises: exactly ``budget`` distinct unlabeled picks,
+"""TypiClust and ProbCover against brute-force re-implementations on small inputs (dense distance
+matrices, plain Python loops), and their promises: exactly ``budget`` distinct unlabeled picks,
 the same for the same seed."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from al_lightning import ops
-from al_lightning.strategies import TypiClust
+from al_lightning.strategies import ProbCover, TypiClust
 
 
 def dense_distances(x: np.ndarray) -> np.ndarray:
@@ -43,7 +45,7 @@ def blobs(sizes, dim=8, spread=0.3, seed=0):
 
 
 class FakeContext:
-    """What the strategies read from an AcquisitionContext."""
+    """What the two strategies read from an AcquisitionContext."""
 
     def __init__(self, features: np.ndarray, labeled: np.ndarray, num_classes: int = 3, seed: int = 0) -> None:
         self.all, self.num_classes, self.seed = torch.from_numpy(features), num_classes, seed
@@ -131,3 +133,123 @@ def test_typiclust_picks_exactly_budget_distinct_unlabeled_ids_the_same_for_a_se
         assert len(picks) == budget and len(set(picks.tolist())) == budget
         assert not set(picks.tolist()) & set(labeled.tolist())
         assert np.array_equal(picks, strategy.select(FakeContext(x, labeled, seed=7), budget))
+
+
+# ----------------------------------------------------------------------------------------------- ProbCover
+
+def gap_delta(d: np.ndarray, near: float) -> float:
+    """A delta near ``near`` halfway between two consecutive pair distances (no pair on the edge)."""
+    values = np.unique(d[np.triu_indices(len(d), 1)])
+    i = int(np.searchsorted(values, near))
+    return float((values[i - 1] + values[i]) / 2)
+
+
+def brute_probcover(x, n_labeled, budget, delta):
+    """Alg. 1 on the dense ball matrix, in plain Python; stops when nothing new can be covered."""
+    inside = dense_distances(x) < delta
+    n = len(x)
+    covered = set()
+    for i in range(n_labeled):
+        covered |= set(np.flatnonzero(inside[i]).tolist())
+    picks = []
+    for _ in range(budget):
+        gain = [len(set(np.flatnonzero(inside[i]).tolist()) - covered) if i >= n_labeled else -1 for i in range(n)]
+        best = int(np.argmax(gain))  # the first of the largest
+        if gain[best] == 0:
+            break
+        picks.append(best - n_labeled)
+        covered |= set(np.flatnonzero(inside[best]).tolist())
+    return picks
+
+
+def test_ball_graph_holds_exactly_the_pairs_strictly_within_delta():
+    x = unit(np.random.default_rng(4).normal(size=(90, 3))).astype(np.float32)
+    d = dense_distances(x)
+    delta = gap_delta(d, 0.5)
+    graph = ops.ball_graph(x, delta, chunk=16)  # several query chunks
+    assert np.array_equal(graph.toarray(), d < delta)
+    assert graph.diagonal().all()  # every ball holds its centre
+
+
+@pytest.mark.parametrize("n_labeled", [0, 6])
+def test_greedy_coverage_matches_a_brute_force_max_coverage(n_labeled):
+    x = unit(np.random.default_rng(5).normal(size=(120, 3))).astype(np.float32)
+    delta = gap_delta(dense_distances(x), 0.45)
+    expected = brute_probcover(x, n_labeled, 60, delta)
+    assert 5 < len(expected) < 60  # the greedy runs a while, then everything is covered
+    got = ops.probcover_greedy(ops.ball_graph(x, delta), n_labeled, 60, np.random.default_rng(0))
+    assert got[:len(expected)].tolist() == expected
+    assert len(got) == 60 and len(set(got.tolist())) == 60 and got.max() < len(x) - n_labeled
+    rows, used = ops.probcover_select(x[n_labeled:], 10, x[:n_labeled] if n_labeled else None, delta=delta)
+    assert used == delta and rows.tolist() == expected[:10]
+
+
+def test_labeled_samples_cover_their_balls_first():
+    x, blob = blobs([30, 20, 10], dim=4, spread=0.05)
+    delta = 0.2  # a ball holds its own blob, nothing of the others (normalised blobs are ~1.41 apart)
+    # unlabeled only: the biggest blob's ball covers the most
+    first = ops.probcover_select(x, 1, delta=delta)[0]
+    assert blob[first].tolist() == [0]
+    # a labeled sample in the biggest blob covers it: the 20-blob, then the 10-blob are next
+    rows = 1 + ops.probcover_select(x[1:], 2, x[:1], delta=delta)[0]
+    assert blob[rows].tolist() == [1, 2]
+
+
+def test_once_everything_is_covered_the_rest_is_random_distinct_unlabeled_and_seeded():
+    x = unit(np.random.default_rng(6).normal(size=(40, 3))).astype(np.float32)
+    # one ball holds everything: the first row covers all (ties go to the smallest row), then random
+    rows, _ = ops.probcover_select(x, 10, delta=2.5, seed=1)
+    assert rows[0] == 0 and len(set(rows.tolist())) == 10
+    assert np.array_equal(rows, ops.probcover_select(x, 10, delta=2.5, seed=1)[0])
+    assert not np.array_equal(rows, ops.probcover_select(x, 10, delta=2.5, seed=2)[0])
+    # labeled samples that already cover everything: every pick is random, none of them labeled
+    rows, _ = ops.probcover_select(x[5:], 35, x[:5], delta=2.5, seed=1)
+    assert sorted(rows.tolist()) == list(range(35))
+
+
+def brute_purity(d, labels, delta):
+    return np.mean([all(labels[j] == labels[i] for j in np.flatnonzero(d[i] < delta)) for i in range(len(d))])
+
+
+@pytest.mark.parametrize("alpha", [0.95, 0.8])
+def test_purity_delta_is_the_largest_delta_whose_balls_are_pure_often_enough(alpha):
+    rng = np.random.default_rng(7)
+    x = unit(rng.normal(size=(70, 3))).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(int)  # two half-spheres, with noise on the border
+    labels[rng.choice(70, 4, replace=False)] ^= 1
+    d = dense_distances(x)
+    candidates = np.unique(d[np.triu_indices(70, 1)])  # purity only changes just above a pair distance
+    feasible = [v for v in candidates if brute_purity(d, labels, v) >= alpha]
+    got = ops.purity_delta(x, labels, alpha)
+    assert got == pytest.approx(max(feasible), abs=1e-5)
+    assert brute_purity(d, labels, got - 1e-6) >= alpha > brute_purity(d, labels, got + 1e-5)
+    assert ops.ball_purity(ops.nearest_other_label_distance(x, labels), got - 1e-6) == \
+        pytest.approx(brute_purity(d, labels, got - 1e-6))
+    grid = np.round(np.arange(0.05, 2.01, 0.05), 2)
+    best_on_grid = max(v for v in grid if brute_purity(d, labels, v) >= alpha)
+    assert ops.purity_delta(x, labels, alpha, grid=grid) == pytest.approx(best_on_grid)
+
+
+def test_probcover_delta_uses_kmeans_pseudo_labels_with_k_the_number_of_classes():
+    x, blob = blobs([40, 25, 15], dim=4, spread=1.5, seed=8)  # k-means recovers these blobs
+    _, pseudo = ops.kmeans(ops.faiss_ops.l2_normalised(x), 3, seed=0)
+    assert len({(a, b) for a, b in zip(pseudo, blob)}) == 3
+    d = dense_distances(unit(x))
+    need = math.ceil(0.95 * len(x))
+    pure_until = sorted(min(d[i, blob != blob[i]]) for i in range(len(x)))  # ball pure while delta <= this
+    assert ops.probcover_delta(x, 3, 0.95, seed=0) == pytest.approx(pure_until[len(x) - need], abs=1e-5)
+
+
+def test_probcover_strategy_picks_exactly_budget_distinct_unlabeled_ids_the_same_for_a_seed():
+    x, _ = blobs([50, 30, 20], dim=6, spread=2.0, seed=9)
+    labeled = np.array([3, 55, 90])
+    for budget in (4, 60):
+        strategy = ProbCover(features="pixels")
+        picks = strategy.select(FakeContext(x, labeled, seed=3), budget)
+        assert len(picks) == budget and len(set(picks.tolist())) == budget
+        assert not set(picks.tolist()) & set(labeled.tolist())
+        assert strategy.last_delta is not None and 0 < strategy.last_delta < 2
+        assert np.array_equal(picks, ProbCover(features="pixels").select(FakeContext(x, labeled, seed=3), budget))
+    fixed = ProbCover(features="pixels", delta=0.3)
+    fixed.select(FakeContext(x, labeled), 4)
+    assert fixed.last_delta == 0.3

@@ -21,6 +21,7 @@ from al_lightning.strategies.kmedoids import KMedoids  # noqa: E402
 from al_lightning.strategies.least_confidence import LeastConfidence  # noqa: E402
 from al_lightning.strategies.margin import Margin  # noqa: E402
 from al_lightning.strategies.noise_stability import NoiseStability  # noqa: E402
+from al_lightning.strategies.probcover import ProbCover  # noqa: E402
 from al_lightning.strategies.random import Random  # noqa: E402
 from al_lightning.strategies.typiclust import TypiClust  # noqa: E402
 from al_lightning.strategies.usl import USL  # noqa: E402
@@ -28,5 +29,5 @@ from al_lightning.strategies.usl_t import USLT  # noqa: E402
 
 __all__ = ["AcquisitionContext", "ActiveFT", "ALFAMix", "AS3L", "ASSL", "ASSLDiv", "BADGE", "CDAL", "CEAL",
            "CoreSet", "Entropy", "FeatureKind", "JLP", "KMedoids", "LeastConfidence", "Margin",
-           "NoiseStability", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES",
+           "NoiseStability", "ProbCover", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES",
            "Strategy", "top_k", "TypiClust", "USL", "USLT"]
