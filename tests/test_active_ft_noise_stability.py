@@ -9,7 +9,7 @@ from torch import nn
 from al_lightning.data import ActiveDataModule
 from al_lightning.methods import FixMatch
 from al_lightning.ops.active_ft import active_ft_gradient, active_ft_select, optimise_centroids
-from al_lightning.ops.noise_stability import output_changes, perturbed_weights
+from al_lightning.ops.noise_stability import output_changes, perturbed_weights, random_projection
 from al_lightning.strategies import AcquisitionContext
 from al_lightning.strategies.noise_stability import NoiseStability
 
@@ -208,6 +208,25 @@ def test_noise_stability_is_k_center_from_the_origin_on_brute_force_changes():
     torch.testing.assert_close(NoiseStability(perturbations=4).change_vectors(context), vectors, rtol=1e-5, atol=1e-7)
     assert picks.tolist() == context.unlabeled[k_center_from_the_origin(vectors.double().numpy(), 8)].tolist()
     assert not np.isin(picks, labeled).any()
+
+
+def test_above_the_memory_cap_the_changes_are_randomly_projected():
+    """Past ``max_exact_gib`` the strategy holds the exact changes times the seeded Gaussian matrix
+    (n x m, not n x K C); pairwise distances survive within the Johnson-Lindenstrauss error."""
+    context, labeled = digits_context()
+    exact = NoiseStability(perturbations=4).change_vectors(context)
+    projected = NoiseStability(perturbations=4, max_exact_gib=0.0, projection_dim=2048).change_vectors(context)
+    rng = context.rng()
+    rng.integers(2**63 - 1, size=4)  # the perturbation seeds come first
+    matrix = random_projection(exact.shape[1], 2048, int(rng.integers(2**63 - 1)), torch.device("cpu"))
+    assert projected.shape == (len(context.unlabeled), 2048)
+    torch.testing.assert_close(projected, exact @ matrix, rtol=1e-4, atol=1e-6)
+    sample = torch.arange(0, len(exact), 7)
+    true, kept = torch.pdist(exact[sample].double()), torch.pdist(projected[sample].double())
+    ratio = (kept / true)[true > 0]
+    assert float((ratio - 1).abs().median()) < 0.03 and float((ratio - 1).abs().max()) < 0.15
+    picks = NoiseStability(perturbations=4, max_exact_gib=0.0, projection_dim=2048).select(context, 8)
+    assert len(set(picks.tolist())) == 8 and not np.isin(picks, labeled).any()
 
 
 def _sharded_change_vectors(rank: int, port: int, out: str) -> None:
