@@ -86,6 +86,12 @@ def test_label_propagation_equals_a_dense_solve():
     exact = np.linalg.solve(np.eye(200) - 0.99 * dense_w, y)
     cg = ops.conjugate_gradient(w_n, y, 0.99, tol=1e-12, max_iter=2000)
     assert np.allclose(cg, exact, atol=1e-6 * np.abs(exact).max())
+    from al_lightning.ops.label_propagation import conjugate_gradient_torch, torch_sparse
+    for iterations in (20, 2000):  # the torch solver (jLP's on a GPU) takes the same steps as scipy's
+        on_torch = conjugate_gradient_torch(torch_sparse(w_n, "cpu"), torch.from_numpy(y), 0.99, tol=1e-12,
+                                            max_iter=iterations).numpy()
+        assert np.allclose(on_torch, ops.conjugate_gradient(w_n, y, 0.99, tol=1e-12, max_iter=iterations),
+                           rtol=1e-9, atol=1e-12)
     probs, pseudo, weights = ops.label_propagation(x, labeled, labels, 3, k=10, max_iter=2000)
     clipped = np.maximum(exact, 0)
     expected = clipped / clipped.sum(1, keepdims=True)

@@ -39,21 +39,30 @@ def _on_device(index: faiss.Index) -> faiss.Index:
     return faiss.index_cpu_to_gpu(_RESOURCES[0], 0, index)
 
 
+class FlatIndex:
+    """An exact (flat) faiss index over ``base``, on the GPU when faiss-gpu sees one, built once and
+    searched as often as needed (a million-row base is 2 GB to copy per build)."""
+
+    def __init__(self, base: Any, metric: str = "l2") -> None:
+        if metric not in ("l2", "ip"):
+            raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
+        base = as_float32(base)
+        self.size = base.shape[0]
+        self.index = _on_device((faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(base.shape[1]))
+        self.index.add(base)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        distances, indices = self.index.search(as_float32(queries), min(k, self.size))
+        return distances, indices.astype(np.int64)
+
+
 def knn_search(base: Any, queries: Any | None = None, k: int = 1, metric: str = "l2"
                ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``base`` for every query row (``queries`` defaults to ``base``,
     whose own row then comes first). ``metric``: ``l2`` returns squared Euclidean distances,
     ``ip`` inner products (largest first). Exact search (flat index)."""
-    if metric not in ("l2", "ip"):
-        raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
     base = as_float32(base)
-    queries = base if queries is None else as_float32(queries)
-    k = min(k, base.shape[0])
-    index = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(base.shape[1])
-    index = _on_device(index)
-    index.add(base)
-    distances, indices = index.search(queries, k)
-    return distances, indices.astype(np.int64)
+    return FlatIndex(base, metric).search(base if queries is None else queries, k)
 
 
 def kmeans(x: Any, k: int, seed: int = 0, restarts: int = 1, iterations: int = 20, init: str = "kmeans++"
@@ -71,8 +80,9 @@ def kmeans(x: Any, k: int, seed: int = 0, restarts: int = 1, iterations: int = 2
         clusterer = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed + r, gpu=gpu_available(),
                                  max_points_per_centroid=max(256, -(-x.shape[0] // k)), min_points_per_centroid=1,
                                  verbose=False)
-        if init == "kmeans++":
-            seeds = kmeanspp(torch.from_numpy(x), k, np.random.default_rng([seed, r]))
+        if init == "kmeans++":  # seeded on the GPU when there is one: k sequential passes over x
+            rows = torch.from_numpy(x).to("cuda" if torch.cuda.is_available() else "cpu")
+            seeds = kmeanspp(rows, k, np.random.default_rng([seed, r]))
             clusterer.train(x, init_centroids=x[seeds])
         else:
             clusterer.train(x)

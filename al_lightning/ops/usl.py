@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from al_lightning.ops.faiss_ops import l2_normalised, kmeans, knn_search
+from al_lightning.ops.faiss_ops import FlatIndex, l2_normalised, kmeans, knn_search
 
 
 Distance = Literal["squared", "euclidean"]
@@ -43,13 +43,18 @@ def distance_power(distance: Distance) -> float:
     return 2.0 if distance == "squared" else 1.0
 
 
-def knn_density(x: np.ndarray, k: int = 400, distance: Distance = "squared") -> np.ndarray:
+def knn_density(x: np.ndarray, k: int = 400, distance: Distance = "squared", chunk: int = 16_384) -> np.ndarray:
     """1 / mean distance to the ``k`` nearest other samples (Eq. 3 up to a constant; squared
-    distances by default, as the released code)."""
+    distances by default, as the released code). Queries go ``chunk`` at a time against one index,
+    so the neighbour lists (n x k) are never held at once."""
     power = distance_power(distance)
-    sq, _ = knn_search(x, x, min(k + 1, x.shape[0]))
-    mean_distance = (np.maximum(sq[:, 1:], 0.0) ** (power / 2)).mean(1)
-    return 1.0 / np.maximum(mean_distance, 1e-12)
+    index = FlatIndex(x)
+    density = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], chunk):
+        sq, _ = index.search(x[start:start + chunk], min(k + 1, x.shape[0]))
+        mean_distance = (np.maximum(sq[:, 1:], 0.0) ** (power / 2)).mean(1)
+        density[start:start + chunk] = 1.0 / np.maximum(mean_distance, 1e-12)
+    return density
 
 
 def argmax_per_cluster(values: np.ndarray, assign: np.ndarray, m: int) -> np.ndarray:
@@ -68,7 +73,7 @@ def usl_regulariser(x: torch.Tensor, assign: torch.Tensor, picks: torch.Tensor, 
     """Eq. 5 for every sample: sum of 1 / D^alpha to the picks of the other clusters (of the
     ``neighbours`` clusters of its own, when a horizon is set); D squared or Euclidean."""
     exponent = -alpha * distance_power(distance)
-    out = torch.empty(len(x), dtype=torch.float64)
+    out = torch.empty(len(x), dtype=torch.float64, device=x.device)
     chosen = x[picks.clamp_min(0)]
     valid = picks >= 0
     for start in range(0, len(x), chunk):
@@ -76,7 +81,7 @@ def usl_regulariser(x: torch.Tensor, assign: torch.Tensor, picks: torch.Tensor, 
         if neighbours is None:
             d = torch.cdist(xs, chosen).double()
             mask = valid[None, :].expand(len(xs), -1).clone()
-            mask[torch.arange(len(xs)), own] = False
+            mask[torch.arange(len(xs), device=x.device), own] = False
         else:
             others = neighbours[own]  # (b, H) cluster ids, own cluster excluded
             d = (xs[:, None, :] - chosen[others]).norm(dim=-1).double()
@@ -88,14 +93,17 @@ def usl_regulariser(x: torch.Tensor, assign: torch.Tensor, picks: torch.Tensor, 
 
 def usl_regularised_picks(x: np.ndarray, utility: np.ndarray, assign: np.ndarray, m: int, lam: float,
                           alpha: float, m_reg: float = 0.9, iterations: int = 10,
-                          neighbours: np.ndarray | None = None, distance: Distance = "squared") -> np.ndarray:
-    """Alg. 1: per-cluster argmax of U, then ``iterations`` regularised re-selections (-1: empty)."""
-    xt, at = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(assign)
-    nbrs = None if neighbours is None else torch.from_numpy(neighbours)
+                          neighbours: np.ndarray | None = None, distance: Distance = "squared",
+                          device: str | torch.device = "cpu") -> np.ndarray:
+    """Alg. 1: per-cluster argmax of U, then ``iterations`` regularised re-selections (-1: empty);
+    the regulariser (n x m distances per iteration, in blocks) runs on ``device``."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    at = torch.from_numpy(assign).to(device)
+    nbrs = None if neighbours is None else torch.from_numpy(neighbours).to(device)
     picks = argmax_per_cluster(utility, assign, m)
     reg_bar = np.zeros(len(x))
     for _ in range(iterations):
-        reg = usl_regulariser(xt, at, torch.from_numpy(picks), alpha, nbrs, distance).numpy()
+        reg = usl_regulariser(xt, at, torch.from_numpy(picks).to(device), alpha, nbrs, distance).cpu().numpy()
         reg_bar = m_reg * reg_bar + (1.0 - m_reg) * reg
         picks = argmax_per_cluster(utility - lam * reg_bar, assign, m)
     return picks
@@ -103,7 +111,8 @@ def usl_regularised_picks(x: np.ndarray, utility: np.ndarray, assign: np.ndarray
 
 def usl_select(features: Any, m: int, k: int = 400, lam: float | None = None, alpha: float | None = None,
                m_reg: float = 0.9, iterations: int = 10, horizon: int | None = None, seed: int = 0,
-               kmeans_restarts: int = 1, distance: Distance = "squared") -> np.ndarray:
+               kmeans_restarts: int = 1, distance: Distance = "squared", device: str | torch.device = "cpu"
+               ) -> np.ndarray:
     """``m`` rows, one per k-means cluster, each the argmax of the regularised utility."""
     x = l2_normalised(features)
     n = x.shape[0]
@@ -115,7 +124,8 @@ def usl_select(features: Any, m: int, k: int = 400, lam: float | None = None, al
     neighbours = None
     if horizon is not None and horizon < m - 1:
         neighbours = knn_search(centroids, centroids, horizon + 1)[1][:, 1:]
-    picks = usl_regularised_picks(x, utility, assign, m, lam, alpha, m_reg, iterations, neighbours, distance)
+    picks = usl_regularised_picks(x, utility, assign, m, lam, alpha, m_reg, iterations, neighbours, distance,
+                                  device)
     picks = picks[picks >= 0]
     if len(picks) < m:  # empty clusters: top up with the densest samples not yet picked
         rest = np.argsort(-utility, kind="stable")

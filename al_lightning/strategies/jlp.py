@@ -27,5 +27,5 @@ class JLP(Strategy):
         n_labeled = len(context.labeled)
         rows = joint_label_propagation_select(features, np.arange(n_labeled),
                                               np.arange(n_labeled, len(features)), budget,
-                                              self.k, self.alpha, self.gamma)
+                                              self.k, self.alpha, self.gamma, device=context.device)
         return context.unlabeled[np.asarray(rows) - n_labeled]

@@ -35,5 +35,5 @@ class USL(Strategy):
         x = context.features(self.features)
         rows = usl_select(x, budget, k=min(self.k, len(x) - 1), lam=self.lam, alpha=self.alpha, m_reg=self.m_reg,
                           iterations=self.iterations, horizon=self.horizon, seed=int(context.rng().integers(2**31)),
-                          distance=self.distance)
+                          distance=self.distance, device=context.device)
         return context.unlabeled[rows]
