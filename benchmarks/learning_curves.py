@@ -166,7 +166,9 @@ def regime_table(dataset: str, per_class: int, strategies: list[str], seeds: lis
         classes = coverage * CLASSES[dataset]
         cover = " / ".join(f"{m:.1f} ({lo:.0f})" for m, lo in zip(classes.mean(0), classes.min(0)))
         row = f"| {name} | " + " | ".join(cells) + f" | {aulc.mean():.4f} ± {aulc.std(ddof=1):.4f} | {cover} |"
-        if reference is not None:
+        if reference is not None and name == "Random":
+            row += " - | - |"
+        elif reference is not None:
             ref_accuracy = reference[1]
             marks = [verdict(*paired(accuracy[:, c], ref_accuracy[:, c])) for c in range(1, len(labels))]
             ref_aulc = np.array([normalised_aulc(labels, r) for r in ref_accuracy])

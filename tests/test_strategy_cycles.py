@@ -10,7 +10,7 @@ from al_lightning.strategies import STRATEGIES
 TINY = ["--data.steps_per_epoch", "2", "--trainer.max_epochs", "1", "--loop.rounds", "1",
         "--loop.initial_size", "20", "--loop.budget", "6", "--data.batch_size", "8", "--data.uratio", "2",
         "--model.init_args.backbone_kwargs", '{"width": 4}']
-SINGLE_SHOT = {"usl", "usl_t", "kmedoids", "as3l", "active_ft", "typiclust", "probcover"}
+SINGLE_SHOT = {"usl", "usl_t", "kmedoids", "as3l", "active_ft", "typiclust", "probcover", "budget_aware"}
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())

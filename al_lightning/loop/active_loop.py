@@ -358,7 +358,7 @@ class ActiveLoop:
         picks = broadcast_from_zero(self.strategy.select(context, self.budget))
         pseudo = self.strategy.pseudo_labels(context, picks)
         row["acquire_seconds"] = round(time.perf_counter() - started, 4)
-        self._log_cycle(row, trainer)
+        self._log_cycle(row, trainer, self.strategy.acquisition_note())
         pseudo_labeled = None if pseudo is None else [broadcast_from_zero(np.asarray(a)).tolist() for a in pseudo]
         following = replace(state, cycle=cycle + 1, phase="fit", fitted=None, results=state.results + [row],
                             pseudo_labeled=pseudo_labeled,
@@ -419,9 +419,11 @@ class ActiveLoop:
                          lambda handle: torch.save(snapshot["sample_state"], handle))
 
     @staticmethod
-    def _log_cycle(row: dict[str, Any], trainer: L.Trainer) -> None:
-        """The cycle's summary line, and its test metrics in TensorBoard against the label count."""
+    def _log_cycle(row: dict[str, Any], trainer: L.Trainer, note: str | None = None) -> None:
+        """The cycle's summary line (with the strategy's note on how it chose), and its test
+        metrics in TensorBoard against the label count."""
         acquire = "" if row["acquire_seconds"] is None else f", acquire {row['acquire_seconds']:.3f}s"
+        acquire += f"; {note}" if note else ""
         log.info("cycle %d: %d labels, test acc %.4f (fit %.1fs%s)", row["cycle"], row["n_labeled"],
                  row["test_acc"], row["fit_seconds"], acquire)
         if trainer.is_global_zero and trainer.logger is not None:

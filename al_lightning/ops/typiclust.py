@@ -74,10 +74,12 @@ def cluster_visit_order(assign: np.ndarray, n_labeled: int, m: int, min_cluster_
 
 
 def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: int, k: int = K_NN,
-                            min_cluster_size: int = MIN_CLUSTER_SIZE, distance: Distance = "squared") -> np.ndarray:
+                            min_cluster_size: int = MIN_CLUSTER_SIZE, distance: Distance = "squared",
+                            within: np.ndarray | None = None) -> np.ndarray:
     """TypiClust's picks given the clustering: ``x`` and ``assign`` cover the labeled rows first,
     then the unlabeled ones; returns ``budget`` distinct unlabeled rows (0-based among the
-    unlabeled), in pick order."""
+    unlabeled), in pick order. ``within`` (one value per unlabeled row) replaces typicality as the
+    choice inside a visited cluster: its largest remaining value (ties: the smaller row)."""
     x = as_float32(x)
     assign = np.asarray(assign, dtype=np.int64)
     n_unlabeled = x.shape[0] - n_labeled
@@ -96,7 +98,10 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
             slot %= len(alive)
             cluster = alive[slot]
             members = remaining[cluster]
-            score = typicality(x[n_labeled + members], min(k, len(members) // 2), distance)
+            if within is None:
+                score = typicality(x[n_labeled + members], min(k, len(members) // 2), distance)
+            else:
+                score = within[members]
             best = int(np.argmax(score))
             picks.append(int(members[best]))
             remaining[cluster] = np.delete(members, best)
@@ -109,10 +114,11 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
 
 def typiclust_select(features: Any, budget: int, labeled_features: Any | None = None, k: int = K_NN,
                      max_clusters: int | None = MAX_NUM_CLUSTERS, min_cluster_size: int = MIN_CLUSTER_SIZE,
-                     distance: Distance = "squared", seed: int = 0, kmeans_iterations: int = 20) -> np.ndarray:
+                     distance: Distance = "squared", seed: int = 0, kmeans_iterations: int = 20,
+                     within: np.ndarray | None = None) -> np.ndarray:
     """``budget`` distinct rows of the unlabeled ``features``: k-means of the L2-normalised
     labeled + unlabeled features into ``min(|L| + budget, max_clusters)`` clusters (``None``: no
-    cap), then :func:`typiclust_from_clusters`."""
+    cap), then :func:`typiclust_from_clusters` (``within``: its in-cluster choice)."""
     unlabeled = l2_normalised(features)
     n_labeled = 0 if labeled_features is None else len(labeled_features)
     x = unlabeled if n_labeled == 0 else np.concatenate([l2_normalised(labeled_features), unlabeled])
@@ -121,4 +127,4 @@ def typiclust_select(features: Any, budget: int, labeled_features: Any | None = 
         return np.empty(0, dtype=np.int64)
     m = n_labeled + budget if max_clusters is None else min(n_labeled + budget, max_clusters)
     _, assign = kmeans(x, min(m, x.shape[0]), seed=seed, iterations=kmeans_iterations)
-    return typiclust_from_clusters(x, assign, n_labeled, budget, k, min_cluster_size, distance)
+    return typiclust_from_clusters(x, assign, n_labeled, budget, k, min_cluster_size, distance, within)

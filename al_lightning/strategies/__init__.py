@@ -12,6 +12,7 @@ from al_lightning.strategies.as3l import AS3L  # noqa: E402
 from al_lightning.strategies.assl import ASSL  # noqa: E402
 from al_lightning.strategies.assl_div import ASSLDiv  # noqa: E402
 from al_lightning.strategies.badge import BADGE  # noqa: E402
+from al_lightning.strategies.budget_aware import BudgetAware  # noqa: E402
 from al_lightning.strategies.cdal import CDAL  # noqa: E402
 from al_lightning.strategies.ceal import CEAL  # noqa: E402
 from al_lightning.strategies.coreset import CoreSet  # noqa: E402
@@ -27,7 +28,7 @@ from al_lightning.strategies.typiclust import TypiClust  # noqa: E402
 from al_lightning.strategies.usl import USL  # noqa: E402
 from al_lightning.strategies.usl_t import USLT  # noqa: E402
 
-__all__ = ["AcquisitionContext", "ActiveFT", "ALFAMix", "AS3L", "ASSL", "ASSLDiv", "BADGE", "CDAL", "CEAL",
+__all__ = ["AcquisitionContext", "ActiveFT", "ALFAMix", "AS3L", "ASSL", "ASSLDiv", "BADGE", "BudgetAware", "CDAL", "CEAL",
            "CoreSet", "Entropy", "FeatureKind", "JLP", "KMedoids", "LeastConfidence", "Margin",
            "NoiseStability", "ProbCover", "Random", "RandomNetworkError", "register_strategy", "STRATEGIES",
            "Strategy", "top_k", "TypiClust", "USL", "USLT"]

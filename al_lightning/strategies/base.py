@@ -191,6 +191,10 @@ class Strategy:
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         raise NotImplementedError
 
+    def acquisition_note(self) -> str | None:
+        """A few words on how the last selection chose (the cycle's console line shows them)."""
+        return None
+
     def pseudo_labels(self, context: AcquisitionContext, picks: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray] | None:
         """``(ids, labels)`` of unlabeled samples to train on with pseudo-labels in the next fit
