@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/assl_digits.yaml
 
-.PHONY: install install-gpu demo test bench bench-throughput bench-methods bench-label-free bench-curves tensorboard clean
+.PHONY: install install-gpu demo test bench bench-throughput bench-methods bench-label-free bench-curves bench-scale tensorboard clean
 
 $(BIN)/al-lightning: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-label-free: install
 # labels per class per cycle), 4 FixMatch fits each; finished runs in runs/bench_learning_curves are reused.
 bench-curves: install
 	$(BIN)/python benchmarks/learning_curves.py --jobs 2
+
+# Pool inference and every strategy on 1,000,000 x 512 synthetic features, 1,000 classes, budget 10,000:
+# seconds and peak host/device memory per case (a GPU run; on 2 CPU cores pass a smaller --n).
+bench-scale: install
+	$(BIN)/python benchmarks/acquisition_scale.py
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir runs

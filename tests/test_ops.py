@@ -344,3 +344,12 @@ def test_alfamix_optimised_alpha_flags_only_samples_a_small_mix_can_flip():
     anchors = torch.tensor([[5.0, 0.0], [-5.0, 0.0]])
     mask = ops.alfamix_candidates(torch.cat([near, far]), head, anchors, budget=5, mode="optimised")
     assert mask[:10].all() and not mask[10:].any()
+
+
+@pytest.mark.parametrize("centres", [None, torch.zeros(1, 3)])
+def test_k_center_never_picks_a_row_twice_on_duplicates(centres):
+    """Every row on the same point (or on the only centre): all distances are 0, yet the picks
+    are ``budget`` distinct rows, smallest first."""
+    x = torch.zeros(9, 3)
+    assert ops.k_center_greedy(x, 5, centres=centres, first=4) == ([4, 0, 1, 2, 3] if centres is None
+                                                                  else [0, 1, 2, 3, 4])

@@ -17,10 +17,11 @@ def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tens
 
 def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor | None = None,
                     first: int = 0, chunk: int = 4096) -> list[int]:
-    """Rows of ``features`` picked greedily to minimise the largest distance to a centre.
+    """``budget`` distinct rows of ``features`` picked greedily to minimise the largest distance
+    to a centre.
 
     ``centres`` (e.g. the labeled embeddings) start the cover; with none, row ``first`` is the
-    first pick. Ties go to the smallest row index.
+    first pick. Ties go to the smallest row index not yet picked.
     """
     x = features.float()
     n = x.shape[0]
@@ -49,10 +50,14 @@ def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor |
     radius = torch.zeros(capacity, device=x.device)
     radius.scatter_reduce_(0, assign, min_d2.sqrt(), reduce="amax")
     count = len(centre_rows)
+    taken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    taken[picks] = True
     while len(picks) < budget:
-        top = torch.max(min_d2)
-        i = int(torch.nonzero(min_d2 == top)[0, 0])
+        # picked rows leave the race: with duplicates (or rows on a centre) every distance can be 0
+        open_d2 = torch.where(taken, -1.0, min_d2)
+        i = int(torch.nonzero(open_d2 == torch.max(open_d2))[0, 0])
         picks.append(i)
+        taken[i] = True
         new = x[i]
         gap = (all_centres[:count] - new).norm(dim=1)
         touched = gap <= 2.0 * radius[:count] * (1.0 + 1e-4) + 1e-6  # margin for float rounding
