@@ -73,12 +73,18 @@ def output_changes(model: nn.Module, batches: Iterable[torch.Tensor], seeds: Seq
         clean = torch.softmax(model(x).float(), dim=1)
         scale = clean.norm(dim=1, keepdim=True)
         changes = []
-        for seed in seeds:
+        block = None
+        for k, seed in enumerate(seeds):
             generator = torch.Generator(device=device).manual_seed(int(seed))
             noisy = functional_call(model, perturbed_weights(model, noise_scale, generator), (x,))
-            changes.append((torch.softmax(noisy.float(), dim=1) - clean) / scale)
-        block = torch.cat(changes, dim=1)
-        block = block if projection is None else block @ projection
+            change = (torch.softmax(noisy.float(), dim=1) - clean) / scale
+            if projection is None:
+                changes.append(change)
+            else:  # [c_1 ... c_K] @ P = sum_k c_k @ P_k: the batch's K x C changes are never side by side
+                part = change @ projection[k * change.shape[1]:(k + 1) * change.shape[1]]
+                block = part if block is None else block.add_(part)
+        if projection is None:
+            block = torch.cat(changes, dim=1)
         if total is None:
             rows.append(block)
             continue
