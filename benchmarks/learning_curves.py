@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from al_lightning.data import ActiveDataModule
 from al_lightning.report import load_run, normalised_aulc, plot_curves, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,7 +204,10 @@ def main() -> None:
         print("note: without Random there is no win/tie/loss column", flush=True)
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
-        data_root = mnist_root(args.mnist_dir, Path(scratch)) if args.dataset == "mnist" else None
+        data_root = None
+        if args.dataset == "mnist":  # verified and extracted once, before parallel runs read it
+            data_root = mnist_root(args.mnist_dir, Path(scratch))
+            ActiveDataModule("mnist", root=str(data_root), download=True).prepare_data()
         runs = [Run(args.dataset, k, s, seed, args.out) for k in args.per_class for seed in args.seeds
                 for s in args.strategies]
         if not args.report_only:
