@@ -6,6 +6,12 @@ every strategy, ``--rounds`` acquisitions of ``per_class x classes`` labels each
 (initial set and every acquisition). Runs already finished in ``--out`` are reused, interrupted ones
 are resumed (``fit --resume``), so the harness can be stopped and restarted at any time.
 
+The initial fit is the same for every strategy of a seed (the same initial labels, the same RNG
+states of (seed, cycle 0)), so it runs once per seed (``<regime>/_initial/version_<seed>``, a run
+with ``loop.rounds 0``) and every strategy's run starts as a copy of it taken between that fit and
+its acquisition (:func:`fork_after_initial_fit`): a quarter fewer fits at 3 rounds, and the paired
+test's cycle 0 is one shared measurement by construction rather than by determinism.
+
 Per regime it prints and writes (``<out>/<dataset>_<k>pc/curves.md``, ``curves.png`` by the report
 command's plotting):
 
@@ -26,6 +32,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,9 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import stats
 
 from al_lightning.data import ActiveDataModule
+from al_lightning.loop.run_state import RunDirectory
 from al_lightning.report import load_run, normalised_aulc, plot_curves, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +96,12 @@ class Run:
         return state.is_file() and json.loads(state.read_text()).get("phase") == "done"
 
     def command(self, rounds: int, data_root: Path | None) -> list[str]:
+        """A new run's ``fit`` arguments (the strategy's, or the shared initial fit's with no
+        acquisition), or the resume of a run already started."""
         executable = str(Path(sys.executable).with_name("al-lightning"))
         if (self.run_dir / "state.json").is_file():
             return [executable, "fit", "--resume", str(self.run_dir)]
-        class_path, init_args = STRATEGIES[self.strategy]
+        class_path, init_args = STRATEGIES.get(self.strategy, STRATEGIES["Random"])
         size = self.per_class * CLASSES[self.dataset]
         args = [executable, "fit", "--config", str(CONFIGS[self.dataset]),
                 "--seed_everything", str(self.seed), "--loop.seed", str(self.seed),
@@ -105,22 +116,69 @@ class Run:
         return args
 
 
+INITIAL = "_initial"
+
+
+def fork_after_initial_fit(initial: Run, run: Run, rounds: int) -> None:
+    """Start ``run`` as a copy of the finished initial-fit run ``initial`` (``loop.rounds 0``), put
+    back between its fit and its acquisition, with ``run``'s strategy and ``rounds`` in its
+    ``config.yaml``: resuming it acquires with that strategy from the shared fit's snapshot."""
+    staging = run.run_dir.with_name(f".{run.run_dir.name}.fork")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(initial.run_dir, staging)
+    config = yaml.safe_load((staging / "config.yaml").read_text())
+    class_path, init_args = STRATEGIES[run.strategy]
+    config["loop"].update(rounds=rounds, strategy={"class_path": class_path, "init_args": init_args})
+    config["trainer"]["logger"]["init_args"].update(name=run.strategy, version=run.seed)
+    (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    directory = RunDirectory(staging)
+    state = directory.load()
+    if state.phase != "done" or len(state.results) != 1:
+        raise SystemExit(f"{initial.run_dir} is not a finished initial fit (phase {state.phase}, "
+                         f"{len(state.results)} cycles); remove it and run the harness again")
+    row = state.results[0]
+    snapshot = "snapshots/cycle_0_fitted.pt"
+    if not (staging / snapshot).is_file():
+        raise SystemExit(f"{initial.run_dir / snapshot} is missing; remove {initial.run_dir} and run again")
+    state.phase, state.results = "acquire", []
+    state.fitted = {**{k: row[k] for k in ("n_labeled", "test_acc", "fit_seconds", "class_coverage")},
+                    "snapshot": snapshot}
+    directory.commit(state)
+    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, run.run_dir)  # the run exists whole or not at all
+
+
 def execute(run: Run, rounds: int, data_root: Path | None, threads: int) -> float:
-    """Run (or resume) one run to its end; returns its wall seconds (0 if it was already done)."""
+    """Run (or resume) one run to its end, forked from its seed's initial fit; returns its wall
+    seconds (0 if it was already done)."""
     if run.finished():
         return 0.0
+    started = time.perf_counter()
+    if not (run.run_dir / "state.json").is_file():
+        initial = initial_run(run)
+        _run_to_end(initial, 0, data_root, threads)
+        fork_after_initial_fit(initial, run, rounds)
+    _run_to_end(run, rounds, data_root, threads)
+    seconds = time.perf_counter() - started
+    print(f"run {run.dataset} {run.per_class}/class {run.strategy} seed {run.seed}: {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def initial_run(run: Run) -> Run:
+    return Run(run.dataset, run.per_class, INITIAL, run.seed, run.out)
+
+
+def _run_to_end(run: Run, rounds: int, data_root: Path | None, threads: int) -> None:
+    if run.finished():
+        return
     run.regime_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    started = time.perf_counter()
     log = run.regime_dir / f"{run.strategy}_seed{run.seed}.log"
     with log.open("a") as handle:
         done = subprocess.run(run.command(rounds, data_root), cwd=ROOT, env=env, stdout=handle,
                               stderr=subprocess.STDOUT)
     if done.returncode != 0 or not run.finished():
         raise SystemExit(f"{run.strategy} seed {run.seed} ({run.dataset}, {run.per_class}/class) failed: see {log}")
-    seconds = time.perf_counter() - started
-    print(f"run {run.dataset} {run.per_class}/class {run.strategy} seed {run.seed}: {seconds:.0f} s", flush=True)
-    return seconds
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -211,7 +269,9 @@ def main() -> None:
         runs = [Run(args.dataset, k, s, seed, args.out) for k in args.per_class for seed in args.seeds
                 for s in args.strategies]
         if not args.report_only:
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the shared initial fits first
+                initials = sorted({initial_run(r) for r in runs if not r.finished()}, key=lambda r: (r.per_class, r.seed))
+                list(pool.map(lambda r: _run_to_end(r, 0, data_root, threads), initials))
                 seconds = [s for s in pool.map(lambda r: execute(r, args.rounds, data_root, threads), runs) if s]
             if seconds:
                 print(f"\n{len(seconds)} runs, {np.mean(seconds):.0f} s per run on average ({threads} threads, "
