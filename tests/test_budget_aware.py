@@ -1,6 +1,7 @@
 """The budget-aware default's rule on hand-made clusters, predictions and scores: TypiClust's most
-typical sample per visited cluster while the teacher is confident on less than half the pool,
-the largest ASSL score per visited cluster from half on."""
+typical sample per visited cluster while labels per class are fewer than ``min_per_class`` or the
+teacher is confident on less than half the pool, the largest ASSL score per visited cluster once
+both are passed."""
 
 import numpy as np
 import pytest
@@ -73,11 +74,12 @@ def test_below_the_switch_it_picks_typiclusts_most_typical_samples(seed):
     labeled = blob[0][:1]  # the largest blob already has a label: the two others are visited first
     score = np.random.default_rng(seed).uniform(size=len(x))
     context = HandMadeContext(x, labeled, confident=0.49, score=score, seed=seed)
-    strategy = BudgetAware(features="embedding")
+    strategy = BudgetAware(features="embedding", min_per_class=0)
     picks = strategy.select(context, 2)
     assert picks.tolist() == [brute_most_typical(x, blob[1]), brute_most_typical(x, blob[2])]
     assert np.array_equal(picks, TypiClust(features="embedding").select(context, 2))
-    assert strategy.last_rule == "typicality" and strategy.acquisition_note() == "typicality, confident share 0.49"
+    assert strategy.last_rule == "typicality"
+    assert strategy.acquisition_note() == "typicality, 0.2 labels per class, confident share 0.49"
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -87,7 +89,7 @@ def test_from_the_switch_on_it_picks_the_largest_assl_score_of_each_visited_clus
     score = np.random.default_rng(seed).uniform(size=len(x))
     score[labeled] = 10.0  # a labeled sample's score never counts
     context = HandMadeContext(x, labeled, confident=0.5, score=score, seed=seed)
-    strategy = BudgetAware(features="embedding")
+    strategy = BudgetAware(features="embedding", min_per_class=0)
     picks = strategy.select(context, 2)  # |L| + b = 3 clusters: the three blobs
     assert picks.tolist() == [int(b[np.argmax(score[b])]) for b in (blob[1], blob[2])]
     assert strategy.last_rule == "assl"
@@ -98,12 +100,27 @@ def test_the_rule_follows_the_confident_share_and_the_threshold():
     x, blob = three_blobs()
     score = np.random.default_rng(2).uniform(size=len(x))
     for confident, rule in ((0.0, "typicality"), (0.3, "typicality"), (0.5, "assl"), (1.0, "assl")):
-        strategy = BudgetAware(features="embedding")
+        strategy = BudgetAware(features="embedding", min_per_class=0)
         strategy.select(HandMadeContext(x, blob[0][:1], confident, score), 2)
         assert strategy.last_rule == rule and strategy.last_confident_share == pytest.approx(confident, abs=0.01)
-    strict = BudgetAware(features="embedding", threshold=0.995)  # 0.99 is not confident enough any more
+    strict = BudgetAware(features="embedding", min_per_class=0, threshold=0.995)  # 0.99 is not confident enough
     strict.select(HandMadeContext(x, blob[0][:1], 1.0, score), 2)
     assert strict.last_rule == "typicality"
+
+
+@pytest.mark.parametrize("min_per_class, rule", [(None, "typicality"), (2.0, "assl"), (2.25, "typicality")])
+def test_fewer_labels_per_class_than_min_per_class_keep_typicality_however_confident(min_per_class, rule):
+    """8 labels of 4 classes are 2 per class: below the default 10 and 2.25, not below 2."""
+    x, blob = three_blobs()
+    labeled = np.concatenate([blob[0][:4], blob[1][:2], blob[2][:2]])
+    score = np.random.default_rng(3).uniform(size=len(x))
+    strategy = BudgetAware(features="embedding") if min_per_class is None else \
+        BudgetAware(features="embedding", min_per_class=min_per_class)
+    context = HandMadeContext(x, labeled, confident=1.0, score=score)
+    picks = strategy.select(context, 3)
+    assert strategy.last_rule == rule and strategy.last_per_class == 2.0
+    if rule == "typicality":
+        assert np.array_equal(picks, TypiClust(features="embedding").select(context, 3))
 
 
 def test_before_any_fit_it_is_typiclust_on_label_free_features():
@@ -129,3 +146,5 @@ def test_picks_are_exactly_budget_distinct_unlabeled_and_seeded():
         assert np.array_equal(picks, again)
     with pytest.raises(ValueError, match="switch"):
         BudgetAware(switch=1.5)
+    with pytest.raises(ValueError, match="min_per_class"):
+        BudgetAware(min_per_class=-1)
