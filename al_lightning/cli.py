@@ -251,8 +251,16 @@ def label_main(argv: list[str]) -> int:
     return 0
 
 
+class DropAdvertisements(logging.Filter):
+    """Lightning's tip to install its cloud logger says nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(DropAdvertisements())
     # the EMA teacher is in eval mode on purpose; the pytree notice is Lightning-internal
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
