@@ -41,7 +41,7 @@ from al_lightning.methods.base import SSLMethod, TrainingDiverged
 from al_lightning.methods.inference import pool_inference
 from al_lightning.scoring.callbacks import OnlineScoring
 from al_lightning.scoring.online import OnlineScoreState
-from al_lightning.strategies import ASSL, AcquisitionContext, Strategy
+from al_lightning.strategies import AcquisitionContext, BudgetAware, Strategy
 
 log = logging.getLogger("al_lightning")
 
@@ -194,7 +194,9 @@ class ActiveLoop:
         initial_index_file: ids of the initial labeled set instead (JSON list or plain text).
         initial_strategy: a single-shot strategy (USL, KMedoids, AS3L, ...) that picks the
             ``initial_size`` initial labels with the untrained model, instead of random.
-        strategy: the acquisition strategy (default: ASSL's online score).
+        strategy: the acquisition strategy (default: :class:`~al_lightning.strategies.BudgetAware`,
+            typicality at a cold start, ASSL's online score once the model is trained; the paper
+            configs name their paper's).
         weights: ``random_init`` reloads the same initial weights before every fit (RandInit);
             ``continue`` keeps the previous fit's weights (ConInit).
         oracle: who labels: the simulated oracle reading ground truth (default), or
@@ -218,7 +220,7 @@ class ActiveLoop:
         self.rounds, self.budget, self.initial_size = rounds, budget, initial_size
         self.initial_per_class = initial_per_class
         self.initial_index_file, self.initial_strategy = initial_index_file, initial_strategy
-        self.strategy = strategy if strategy is not None else ASSL()
+        self.strategy = strategy if strategy is not None else BudgetAware()
         self.weights, self.seed = weights, seed
         self.oracle = oracle if oracle is not None else SimulatedOracle()
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
