@@ -41,8 +41,9 @@ bench-methods: install
 bench-label-free: install
 	$(BIN)/python benchmarks/label_free.py
 
-# Learning curves of the acquisition strategies on MNIST: 6 strategies x 5 seeds x 2 regimes (1 and 10
-# labels per class per cycle), 4 FixMatch fits each; finished runs in runs/bench_learning_curves are reused.
+# Learning curves of the acquisition strategies on MNIST: 5 strategies x 5 seeds x 2 regimes (1 and 10
+# labels per class per cycle), a shared initial fit per seed and 3 FixMatch fits per run (about 2 hours on
+# 2 cores); finished runs in runs/bench_learning_curves are reused.
 bench-curves: install
 	$(BIN)/python benchmarks/learning_curves.py --jobs 2
 

@@ -64,7 +64,8 @@ STRATEGIES = {
     "ProbCover": ("al_lightning.strategies.ProbCover", {}),
     "BudgetAware": ("al_lightning.strategies.BudgetAware", {}),
 }
-DEFAULT_STRATEGIES = ["Random", "Entropy", "ASSL", "TypiClust", "ProbCover", "BudgetAware"]
+#: the README's table (ProbCover's delta search is too slow for 40 acquisitions on 2 cores: --strategies adds it)
+DEFAULT_STRATEGIES = ["Random", "BudgetAware", "TypiClust", "ASSL", "Entropy"]
 CONFIGS = {"digits": ROOT / "configs" / "assl_digits.yaml", "mnist": ROOT / "configs" / "assl_mnist.yaml"}
 CLASSES = {"digits": 10, "mnist": 10}
 #: MNIST on 2 CPU cores: what the budget changes against configs/assl_mnist.yaml (the paper's
