@@ -74,6 +74,8 @@ MNIST_CPU = ["--data.batch_size", "16", "--data.steps_per_epoch", "200", "--trai
              "--data.num_workers", "0", "--model.init_args.backbone_kwargs", '{"width": 8}',
              "--model.init_args.ema_decay", "0.99"]
 ALPHA = 0.05
+#: the runs' name for each seed's shared initial fit
+INITIAL = "_initial"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,8 @@ class Run:
         executable = str(Path(sys.executable).with_name("al-lightning"))
         if (self.run_dir / "state.json").is_file():
             return [executable, "fit", "--resume", str(self.run_dir)]
-        class_path, init_args = STRATEGIES.get(self.strategy, STRATEGIES["Random"])
+        # the shared initial fit (loop.rounds 0) never acquires: any strategy does for its config
+        class_path, init_args = STRATEGIES["Random" if self.strategy == INITIAL else self.strategy]
         size = self.per_class * CLASSES[self.dataset]
         args = [executable, "fit", "--config", str(CONFIGS[self.dataset]),
                 "--seed_everything", str(self.seed), "--loop.seed", str(self.seed),
@@ -115,9 +118,6 @@ class Run:
         if self.dataset == "mnist":
             args += ["--data.root", str(data_root), *MNIST_CPU]
         return args
-
-
-INITIAL = "_initial"
 
 
 def fork_after_initial_fit(initial: Run, run: Run, rounds: int) -> None:
@@ -138,12 +138,13 @@ def fork_after_initial_fit(initial: Run, run: Run, rounds: int) -> None:
         raise SystemExit(f"{initial.run_dir} is not a finished initial fit (phase {state.phase}, "
                          f"{len(state.results)} cycles); remove it and run the harness again")
     row = state.results[0]
-    snapshot = "snapshots/cycle_0_fitted.pt"
-    if not (staging / snapshot).is_file():
-        raise SystemExit(f"{initial.run_dir / snapshot} is missing; remove {initial.run_dir} and run again")
+    snapshot = directory.snapshot_path("cycle_0_fitted")  # the name the loop saves fit 0's snapshot under
+    if not snapshot.is_file():
+        raise SystemExit(f"{initial.run_dir / snapshot.relative_to(staging)} is missing; remove {initial.run_dir} "
+                         f"and run again")
     state.phase, state.results = "acquire", []
     state.fitted = {**{k: row[k] for k in ("n_labeled", "test_acc", "fit_seconds", "class_coverage")},
-                    "snapshot": snapshot}
+                    "snapshot": str(snapshot.relative_to(staging))}
     directory.commit(state)
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, run.run_dir)  # the run exists whole or not at all
