@@ -119,6 +119,8 @@ def test_fewer_labels_per_class_than_min_per_class_keep_typicality_however_confi
     context = HandMadeContext(x, labeled, confident=1.0, score=score)
     picks = strategy.select(context, 3)
     assert strategy.last_rule == rule and strategy.last_per_class == 2.0
+    # the confident share is computed (a pass over the pool) only where it decides the rule
+    assert (strategy.last_confident_share is None) == (rule == "typicality")
     if rule == "typicality":
         assert np.array_equal(picks, TypiClust(features="embedding").select(context, 3))
 
@@ -129,7 +131,9 @@ def test_before_any_fit_it_is_typiclust_on_label_free_features():
     cold = HandMadeContext(x, np.empty(0, dtype=np.int64), confident=1.0, score=score, trained=False)
     strategy = BudgetAware(features="pixels")
     picks = strategy.select(cold, 3)
-    assert strategy.last_rule == "typicality" and strategy.last_confident_share == 0.0
+    assert strategy.last_rule == "typicality" and strategy.last_confident_share is None
+    assert strategy.acquisition_note() == "typicality, 0.0 labels per class (below 10)"
+    assert BudgetAware(features="pixels", min_per_class=0).confident_share(cold) == 0.0
     assert sorted(picks.tolist()) == sorted(brute_most_typical(x, b) for b in blob)
     with pytest.raises(RandomNetworkError):
         BudgetAware(features="embedding").select(cold, 3)

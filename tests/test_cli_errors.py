@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from al_lightning.cli import main
 
@@ -51,6 +52,22 @@ def test_bad_index_file(tmp_path, capsys):
 def test_budget_larger_than_the_pool(tmp_path, capsys):
     err = user_error(["fit", "--config", str(tiny_config(tmp_path, "budget")), "--loop.budget", "1000"], capsys)
     assert "needs 2020 labels" in err and "the pool holds 1437" in err and "lower loop.budget" in err
+
+
+def test_a_strategy_that_needs_online_scores_without_the_callback(tmp_path, capsys):
+    """Refused before anything is written, not at the first acquisition after a whole fit."""
+    config = tiny_config(tmp_path, "noscores")
+    text = yaml.safe_load(config.read_text())
+    text["trainer"]["callbacks"] = [cb for cb in text["trainer"]["callbacks"]
+                                    if not cb["class_path"].endswith("OnlineScoring")]
+    config.write_text(yaml.safe_dump(text))
+    for strategy in ("ASSL", "BudgetAware", "ASSLDiv"):
+        err = user_error(["fit", "--config", str(config), "--loop.strategy", strategy], capsys)
+        assert f"loop.strategy: {strategy} picks by the online ASSL score" in err and "OnlineScoring" in err
+    assert not (tmp_path / "noscores").exists()
+    # a strategy that reads no scores, or a run without acquisitions, needs no callback
+    main(["fit", "--config", str(config), "--loop.rounds", "0"])
+    assert (tmp_path / "noscores" / "version_0" / "results.csv").exists()
 
 
 def test_a_diverged_fit_stops_in_one_line_and_the_run_resumes(tmp_path, capsys):

@@ -245,6 +245,7 @@ class ActiveLoop:
         pool = datamodule.pool
         assert pool is not None
         trainer = make_trainer()
+        self._check_scoring(trainer)
         start_processes(trainer)
         directory = RunDirectory(run_dir if run_dir is not None else default_run_dir(trainer))
         self.out_dir, self.waiting_for_labels, self._fitted = directory.path, None, None
@@ -396,6 +397,14 @@ class ActiveLoop:
             raise PoolError(f"the run needs {needed} labels (initial {initial} + loop.rounds {self.rounds} x "
                             f"loop.budget {self.budget}) but the pool holds {pool.size} samples; lower loop.budget "
                             f"or loop.rounds")
+
+    def _check_scoring(self, trainer: L.Trainer) -> None:
+        """A strategy that picks by the online scores needs the callback that records them; without
+        it the run would fail at its first acquisition, after a whole fit."""
+        if self.rounds and self.strategy.needs_online_scores and online_scoring(trainer) is None:
+            raise PoolError(f"loop.strategy: {type(self.strategy).__name__} picks by the online ASSL score: add "
+                            f"'- class_path: al_lightning.scoring.OnlineScoring' to trainer.callbacks, or choose "
+                            f"a strategy that does not need it (e.g. TypiClust)")
 
     @staticmethod
     def _save(directory: RunDirectory, name: str, payload: dict[str, Any], rank_zero: bool) -> str:

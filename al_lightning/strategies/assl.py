@@ -11,6 +11,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("assl")
 class ASSL(Strategy):
+    needs_online_scores = True
+
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         score = context.scores.score
         ids = torch.as_tensor(context.unlabeled, device=score.device)

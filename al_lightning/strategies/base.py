@@ -175,6 +175,9 @@ class AcquisitionContext:
 class Strategy:
     """Picks ``budget`` distinct unlabeled pool ids; subclasses implement :meth:`rank_select`."""
 
+    #: reads ``context.scores``: the loop refuses to start without the OnlineScoring callback
+    needs_online_scores: bool = False
+
     def select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         available = len(context.unlabeled)
         if budget > available:

@@ -48,6 +48,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("budget_aware")
 class BudgetAware(Strategy):
+    needs_online_scores = True
+
     def __init__(self, features: FeatureKind = "auto", min_per_class: float = 10.0, threshold: float = 0.95,
                  switch: float = 0.5, k: int = 20, max_clusters: int | None = 500, min_cluster_size: int = 5,
                  distance: Literal["squared", "euclidean"] = "squared") -> None:
@@ -55,8 +57,8 @@ class BudgetAware(Strategy):
             raise ValueError("BudgetAware needs min_per_class >= 0, 0 <= switch <= 1 and 0 < threshold <= 1")
         self.features, self.min_per_class, self.threshold, self.switch = features, min_per_class, threshold, switch
         self.k, self.max_clusters, self.min_cluster_size, self.distance = k, max_clusters, min_cluster_size, distance
-        #: the last acquisition's labels per class, confident share and rule (``typicality`` or
-        #: ``assl``), for the logs
+        #: the last acquisition's labels per class, confident share (None when below
+        #: ``min_per_class``) and rule (``typicality`` or ``assl``), for the logs
         self.last_per_class: float | None = None
         self.last_confident_share: float | None = None
         self.last_rule: str | None = None
@@ -64,6 +66,8 @@ class BudgetAware(Strategy):
     def acquisition_note(self) -> str | None:
         if self.last_rule is None:
             return None
+        if self.last_confident_share is None:
+            return f"{self.last_rule}, {self.last_per_class:.1f} labels per class (below {self.min_per_class:g})"
         return (f"{self.last_rule}, {self.last_per_class:.1f} labels per class, "
                 f"confident share {self.last_confident_share:.2f}")
 
@@ -76,10 +80,13 @@ class BudgetAware(Strategy):
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         self.last_per_class = len(context.labeled) / context.num_classes
-        self.last_confident_share = self.confident_share(context)
+        # below min_per_class the share decides nothing: no pass over the pool for it (with
+        # pre-trained features it would be the acquisition's only inference)
+        enough_labels = self.last_per_class >= self.min_per_class
+        self.last_confident_share = self.confident_share(context) if enough_labels else None
         within = None
         self.last_rule = "typicality"
-        if self.last_per_class >= self.min_per_class and self.last_confident_share >= self.switch:
+        if enough_labels and self.last_confident_share >= self.switch:
             score = context.scores.score
             within = score[torch.as_tensor(context.unlabeled, device=score.device)].double().cpu().numpy()
             self.last_rule = "assl"
