@@ -21,10 +21,14 @@ class DatasetNotFound(UserError, FileNotFoundError):
     """A dataset's files are missing and could not be downloaded."""
 
 
+#: label of a pool image whose class nobody knows yet (``image_folder``'s ``unlabeled/``)
+UNKNOWN = -1
+
+
 @dataclass(frozen=True)
 class ImageSplits:
     train_images: torch.Tensor  # uint8 (N, C, H, W)
-    train_targets: torch.Tensor  # int64 (N,)
+    train_targets: torch.Tensor  # int64 (N,); UNKNOWN where nobody has labeled the image
     test_images: torch.Tensor
     test_targets: torch.Tensor
     num_classes: int
@@ -44,6 +48,20 @@ class ImageSplits:
     @property
     def names_of_classes(self) -> tuple[str, ...]:
         return self.class_names or tuple(str(c) for c in range(self.num_classes))
+
+    @property
+    def given_labels(self) -> np.ndarray:
+        """Train ids whose labels came with the data for the learner to use from the start: the
+        known ones where some are :data:`UNKNOWN` (a person's own project). None in a benchmark,
+        whose labels stay hidden until the simulated oracle sells them."""
+        if not len(self.unknown_labels):
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero(self.train_targets.numpy() != UNKNOWN).astype(np.int64)
+
+    @property
+    def unknown_labels(self) -> np.ndarray:
+        """Train ids nobody has labeled yet: only people can answer for them."""
+        return np.flatnonzero(self.train_targets.numpy() == UNKNOWN).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -175,38 +193,52 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def image_folder_classes(root: str) -> list[str]:
-    train = Path(root) / "train"
-    if not train.is_dir():
-        raise DatasetNotFound(f"image_folder: no folder {train}; expected {root}/train/<class>/*.jpg "
-                              f"and {root}/test/<class>/*.jpg (set data.root)")
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    """The class folders of ``train/``, or of ``test/`` when every train image is unlabeled."""
+    base = Path(root)
+    folder = base / "train" if (base / "train").is_dir() or not (base / "unlabeled").is_dir() else base / "test"
+    if not folder.is_dir():
+        raise DatasetNotFound(f"image_folder: no folder {folder}; expected {root}/train/<class>/*.jpg (or "
+                              f"{root}/unlabeled/*.jpg) and {root}/test/<class>/*.jpg (set data.root)")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if len(classes) < 2:
-        raise DatasetNotFound(f"image_folder: {train} needs at least two class folders, found {classes}")
+        raise DatasetNotFound(f"image_folder: {folder} needs at least two class folders, found {classes}")
     return classes
 
 
-def _decode_folder(folder: Path, classes: list[str], size: int, channels: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """Images, targets, and each image's path relative to the dataset root (its stable id)."""
+def _decode(path: Path, size: int, mode: str) -> np.ndarray:
     from PIL import Image
 
+    with Image.open(path) as img:
+        img = img.convert(mode).resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).reshape(size, size, len(mode))
+
+
+def _decode_folder(folder: Path, classes: list[str], size: int, channels: int, required: bool = True
+                   ) -> tuple[np.ndarray, list[int], list[str]]:
+    """Images (NHWC), targets, and each image's path relative to the dataset root (its stable id)."""
     mode = "RGB" if channels == 3 else "L"
     images, targets, names = [], [], []
     for label, name in enumerate(classes):
         class_dir = folder / name
         if not class_dir.is_dir():
+            if not required:
+                continue
             raise DatasetNotFound(f"image_folder: class folder {class_dir} is missing (every class "
                                   f"in train/ needs a folder in {folder.name}/)")
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as img:
-                    img = img.convert(mode).resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(img, dtype=np.uint8).reshape(size, size, channels))
+                images.append(_decode(path, size, mode))
                 targets.append(label)
                 names.append(path.relative_to(folder.parent).as_posix())
-    if not images:
-        raise DatasetNotFound(f"image_folder: no images under {folder}")
-    return _nchw(np.stack(images), "NHWC"), torch.as_tensor(targets, dtype=torch.int64), tuple(names)
+    return np.asarray(images, dtype=np.uint8).reshape(-1, size, size, channels), targets, names
+
+
+def _decode_unlabeled(folder: Path, size: int, channels: int) -> tuple[np.ndarray, list[str]]:
+    """Every image under ``folder``, in any sub-folders, in path order."""
+    mode = "RGB" if channels == 3 else "L"
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = np.asarray([_decode(p, size, mode) for p in paths], dtype=np.uint8).reshape(-1, size, size, channels)
+    return images, [p.relative_to(folder.parent).as_posix() for p in paths]
 
 
 def _image_folder_shape(root: str, channels: int = 3, **options) -> tuple[int, int]:
@@ -216,10 +248,26 @@ def _image_folder_shape(root: str, channels: int = 3, **options) -> tuple[int, i
 @register_dataset("image_folder", shape=_image_folder_shape)
 def load_image_folder(root: str = "data", download: bool = False, split_seed: int = 0,
                       image_size: int = 32, channels: int = 3) -> ImageSplits:
-    """A user's ``root/train/<class>/`` and ``root/test/<class>/``, decoded once and resized."""
+    """A user's images, decoded once and resized: ``root/train/<class>/`` (images whose class is
+    known), ``root/unlabeled/`` (any sub-folders; images nobody has labeled yet, target
+    :data:`UNKNOWN`), at least one of the two, and ``root/test/<class>/`` to measure accuracy on.
+    With an ``unlabeled/`` folder the known classes are labels a person gave, and a run starts with
+    them labeled (:attr:`ImageSplits.given_labels`); without one, they are a benchmark's hidden
+    ground truth that only the simulated oracle reads."""
+    base = Path(root)
     classes = image_folder_classes(root)
-    train_x, train_y, train_names = _decode_folder(Path(root) / "train", classes, image_size, channels)
-    test_x, test_y, _ = _decode_folder(Path(root) / "test", classes, image_size, channels)
+    known_x, known_y, known_names = _decode_folder(base / "train", classes, image_size, channels,
+                                                   required=not (base / "unlabeled").is_dir())
+    unknown_x, unknown_names = (_decode_unlabeled(base / "unlabeled", image_size, channels)
+                                if (base / "unlabeled").is_dir() else (known_x[:0], []))
+    if not len(known_x) and not len(unknown_x):
+        raise DatasetNotFound(f"image_folder: no images under {base / 'train'} or {base / 'unlabeled'}")
+    test_x, test_y, _ = _decode_folder(base / "test", classes, image_size, channels)
+    if not len(test_x):
+        raise DatasetNotFound(f"image_folder: no images under {base / 'test'}; the test set measures every fit")
+    train_x = _nchw(np.concatenate([known_x, unknown_x]), "NHWC")
+    train_y = torch.as_tensor(known_y + [UNKNOWN] * len(unknown_names), dtype=torch.int64)
     mean, std = channel_stats(train_x)
-    return ImageSplits(train_x, train_y, test_x, test_y, len(classes), mean, std, hflip=True,
-                       class_names=tuple(classes), train_names=train_names)
+    return ImageSplits(train_x, train_y, _nchw(test_x, "NHWC"), torch.as_tensor(test_y, dtype=torch.int64),
+                       len(classes), mean, std, hflip=True, class_names=tuple(classes),
+                       train_names=tuple(known_names + unknown_names))

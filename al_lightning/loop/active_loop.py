@@ -246,6 +246,7 @@ class ActiveLoop:
         assert pool is not None
         trainer = make_trainer()
         self._check_scoring(trainer)
+        self._check_oracle(datamodule)
         start_processes(trainer)
         directory = RunDirectory(run_dir if run_dir is not None else default_run_dir(trainer))
         self.out_dir, self.waiting_for_labels, self._fitted = directory.path, None, None
@@ -260,8 +261,9 @@ class ActiveLoop:
             if directory.exists():
                 raise PoolError(f"{directory.path} already holds a run; continue it with 'al-lightning fit "
                                 f"--resume {directory.path}' or start a new one elsewhere")
-            self._check_budget(pool)
-            initial = broadcast_from_zero(self._initial_ids(pool, model, datamodule))
+            given = datamodule.splits.given_labels
+            self._check_budget(pool, len(given))
+            initial = None if len(given) else broadcast_from_zero(self._initial_ids(pool, model, datamodule))
             if config is not None and rank_zero:
                 write_atomic(directory.path / "config.yaml", lambda handle: handle.write(config.encode()))
             model.reset_teacher()
@@ -269,7 +271,11 @@ class ActiveLoop:
             weights = self._save(directory, "initial_weights", {"model": self._initial_weights}, rank_zero)
             state = RunState(cycle=0, phase="fit", pool=pool.state_dict(), initial_weights=weights,
                              start_weights=weights)
-            state = self._buy(state, initial, 0, model, datamodule, directory, trainer, scores=None)
+            if initial is None:  # a person's project: the labels given with the images are there from the start
+                pool.label(given, datamodule.ground_truth(given), cycle=0)
+                state = replace(state, pool=pool.state_dict())
+            else:
+                state = self._buy(state, initial, 0, model, datamodule, directory, trainer, scores=None)
             self._commit(directory, state, pool, rank_zero)
         self.results = list(state.results)
         while state.phase != "done":
@@ -390,8 +396,9 @@ class ActiveLoop:
         return replace(state, phase="label", pending=pending)
 
     # ---------------------------------------------------------------- pieces
-    def _check_budget(self, pool: ActivePool) -> None:
-        initial = self.initial_per_class * pool.num_classes if self.initial_per_class else self.initial_size
+    def _check_budget(self, pool: ActivePool, given: int) -> None:
+        """``given``: labels the data came with, the initial set instead of ``loop.initial_*``."""
+        initial = given or (self.initial_per_class * pool.num_classes if self.initial_per_class else self.initial_size)
         needed = initial + self.rounds * self.budget
         if needed > pool.size:
             raise PoolError(f"the run needs {needed} labels (initial {initial} + loop.rounds {self.rounds} x "
@@ -405,6 +412,13 @@ class ActiveLoop:
             raise PoolError(f"loop.strategy: {type(self.strategy).__name__} picks by the online ASSL score: add "
                             f"'- class_path: al_lightning.scoring.OnlineScoring' to trainer.callbacks, or choose "
                             f"a strategy that does not need it (e.g. TypiClust)")
+
+    def _check_oracle(self, datamodule: ActiveDataModule) -> None:
+        unknown = datamodule.splits.unknown_labels
+        if len(unknown) and isinstance(self.oracle, SimulatedOracle):
+            raise PoolError(f"loop.oracle: {len(unknown)} pool images have no label for the simulated oracle to "
+                            f"read (e.g. {datamodule.sample_ids(unknown[:1])[0]}); people label them with "
+                            f"--loop.oracle al_lightning.loop.FileOracle")
 
     @staticmethod
     def _save(directory: RunDirectory, name: str, payload: dict[str, Any], rank_zero: bool) -> str:

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from al_lightning.data.datasets import UNKNOWN
 from al_lightning.scoring.online import OnlineScoreState, pseudo_el2n, symmetric_kl
 
 
@@ -96,9 +97,9 @@ class PseudoLabelAccuracy(L.Callback):
         out = unlabeled_outputs(outputs)
         if out is None:
             return
-        mask = out["mask"] > 0
+        truth = torch.as_tensor(trainer.datamodule.ground_truth(out["index"].cpu()), device=out["mask"].device)
+        mask = (out["mask"] > 0) & (truth != UNKNOWN)  # an image nobody labeled has no truth to compare
         if not bool(mask.any()):
             return
-        truth = torch.as_tensor(trainer.datamodule.ground_truth(out["index"][mask].cpu()), device=mask.device)
-        correct = (out["probs_weak"][mask].argmax(dim=-1) == truth).float().mean()
+        correct = (out["probs_weak"][mask].argmax(dim=-1) == truth[mask]).float().mean()
         pl_module.log("train/pseudo_acc", correct, on_step=True, on_epoch=False)
