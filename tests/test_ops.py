@@ -37,6 +37,15 @@ def test_k_center_greedy_on_clustered_data_where_pruning_matters():
     assert ops.k_center_greedy(torch.from_numpy(x), 30, first=0) == brute_k_center(x, 30, None, first=0)
 
 
+def test_k_center_greedy_gathers_rows_in_blocks_with_the_same_picks(monkeypatch):
+    """Blocks of 7 rows (every update spans many): the same picks as the exhaustive greedy."""
+    monkeypatch.setattr(ops.kcenter, "BLOCK_VALUES", 7 * 6)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 6))
+    assert ops.k_center_greedy(torch.from_numpy(x), 25, first=3) == brute_k_center(x, 25, None, first=3)
+    assert ops.k_center_greedy(torch.from_numpy(x), 25, torch.zeros(1, 6)) == brute_k_center(x, 25, np.zeros((1, 6)), 0)
+
+
 def materialised_badge(probs: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """BADGE's gradient embedding written out: (p - onehot(argmax p)) outer h, flattened."""
     a = probs.clone()

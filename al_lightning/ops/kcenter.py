@@ -15,6 +15,25 @@ def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tens
     return (x_sq[:, None] + (c * c).sum(1)[None, :] - 2.0 * x @ c.T).clamp_min_(0.0)
 
 
+#: the most feature values gathered at once when a new centre updates distances (64 MiB of float32)
+BLOCK_VALUES = 2**24
+
+
+def _rows_per_block(x: torch.Tensor) -> int:
+    return max(1, BLOCK_VALUES // max(1, x.shape[1]))
+
+
+def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, rows: torch.Tensor, i: int) -> torch.Tensor:
+    """Squared distances of ``x[rows]`` to ``x[i]``, gathered :data:`BLOCK_VALUES` values at a time:
+    a new centre that touches every row never copies ``x``."""
+    step = _rows_per_block(x)
+    d2 = torch.empty(len(rows), device=x.device)
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step]
+        d2[start:start + step] = x_sq[block] + x_sq[i] - 2.0 * (x[block] @ x[i])
+    return d2.clamp_min_(0.0)
+
+
 def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor | None = None,
                     first: int = 0, chunk: int = 4096) -> list[int]:
     """``budget`` distinct rows of ``features`` picked greedily to minimise the largest distance
@@ -26,7 +45,7 @@ def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor |
     x = features.float()
     n = x.shape[0]
     budget = min(budget, n)
-    x_sq = (x * x).sum(1)
+    x_sq = torch.cat([(block * block).sum(1) for block in x.split(_rows_per_block(x))])  # never an n x d temporary
     min_d2 = torch.full((n,), float("inf"), device=x.device)
     assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
     centre_rows: list[torch.Tensor] = []
@@ -62,7 +81,7 @@ def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor |
         gap = (all_centres[:count] - new).norm(dim=1)
         touched = gap <= 2.0 * radius[:count] * (1.0 + 1e-4) + 1e-6  # margin for float rounding
         rows = torch.nonzero(touched[assign], as_tuple=True)[0]
-        d2 = (x_sq[rows] + x_sq[i] - 2.0 * (x[rows] @ new)).clamp_min_(0.0)
+        d2 = _sq_dist_to(x, x_sq, rows, i)
         closer = d2 < min_d2[rows]
         moved = rows[closer]
         min_d2[moved], assign[moved] = d2[closer], count

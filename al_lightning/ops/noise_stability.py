@@ -72,26 +72,22 @@ def output_changes(model: nn.Module, batches: Iterable[torch.Tensor], seeds: Seq
     for x in batches:
         clean = torch.softmax(model(x).float(), dim=1)
         scale = clean.norm(dim=1, keepdim=True)
-        changes = []
-        block = None
+        classes = clean.shape[1]
+        width = len(seeds) * classes if projection is None else projection.shape[1]
+        if total is None:
+            block = clean.new_zeros(len(clean), width)
+            rows.append(block)
+        else:  # the batch's rows of the one output tensor: no per-batch copy of the K x C changes
+            out = clean.new_zeros(total, width) if out is None else out
+            block, start = out[start:start + len(clean)], start + len(clean)
         for k, seed in enumerate(seeds):
             generator = torch.Generator(device=device).manual_seed(int(seed))
             noisy = functional_call(model, perturbed_weights(model, noise_scale, generator), (x,))
             change = (torch.softmax(noisy.float(), dim=1) - clean) / scale
             if projection is None:
-                changes.append(change)
+                block[:, k * classes:(k + 1) * classes] = change
             else:  # [c_1 ... c_K] @ P = sum_k c_k @ P_k: the batch's K x C changes are never side by side
-                part = change @ projection[k * change.shape[1]:(k + 1) * change.shape[1]]
-                block = part if block is None else block.add_(part)
-        if projection is None:
-            block = torch.cat(changes, dim=1)
-        if total is None:
-            rows.append(block)
-            continue
-        if out is None:
-            out = block.new_empty(total, block.shape[1])
-        out[start:start + len(block)] = block
-        start += len(block)
+                block.add_(change @ projection[k * classes:(k + 1) * classes])
     model.train(was_training)
     if out is not None:
         return out
