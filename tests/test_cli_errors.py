@@ -65,6 +65,11 @@ def test_a_strategy_that_needs_online_scores_without_the_callback(tmp_path, caps
         err = user_error(["fit", "--config", str(config), "--loop.strategy", strategy], capsys)
         assert f"loop.strategy: {strategy} picks by the online ASSL score" in err and "OnlineScoring" in err
     assert not (tmp_path / "noscores").exists()
+    for model in ("al_lightning.methods.Supervised", "al_lightning.methods.LPSemi"):  # no strong view to score
+        err = user_error(["fit", "--config", str(tiny_config(tmp_path, "weakonly")), "--model.class_path", model],
+                         capsys)
+        assert f"model {model.rsplit('.', 1)[1]} trains no strong view" in err
+    assert not (tmp_path / "weakonly").exists()
     # a strategy that reads no scores, or a run without acquisitions, needs no callback
     main(["fit", "--config", str(config), "--loop.rounds", "0"])
     assert (tmp_path / "noscores" / "version_0" / "results.csv").exists()

@@ -245,7 +245,7 @@ class ActiveLoop:
         pool = datamodule.pool
         assert pool is not None
         trainer = make_trainer()
-        self._check_scoring(trainer)
+        self._check_scoring(trainer, model)
         self._check_oracle(datamodule)
         start_processes(trainer)
         directory = RunDirectory(run_dir if run_dir is not None else default_run_dir(trainer))
@@ -405,13 +405,21 @@ class ActiveLoop:
                             f"loop.budget {self.budget}) but the pool holds {pool.size} samples; lower loop.budget "
                             f"or loop.rounds")
 
-    def _check_scoring(self, trainer: L.Trainer) -> None:
-        """A strategy that picks by the online scores needs the callback that records them; without
-        it the run would fail at its first acquisition, after a whole fit."""
-        if self.rounds and self.strategy.needs_online_scores and online_scoring(trainer) is None:
-            raise PoolError(f"loop.strategy: {type(self.strategy).__name__} picks by the online ASSL score: add "
-                            f"'- class_path: al_lightning.scoring.OnlineScoring' to trainer.callbacks, or choose "
-                            f"a strategy that does not need it (e.g. TypiClust)")
+    def _check_scoring(self, trainer: L.Trainer, model: SSLMethod) -> None:
+        """A strategy that picks by the online scores needs the callback that records them (without
+        it the run would fail at its first acquisition, after a whole fit) and a method with a
+        strong view to score (without one every score stays 0 and the picks are the lowest ids)."""
+        if not (self.rounds and self.strategy.needs_online_scores):
+            return
+        name = type(self.strategy).__name__
+        if online_scoring(trainer) is None:
+            raise PoolError(f"loop.strategy: {name} picks by the online ASSL score: add '- class_path: "
+                            f"al_lightning.scoring.OnlineScoring' to trainer.callbacks, or choose a strategy that "
+                            f"does not need it (e.g. TypiClust)")
+        if "strong" not in model.unlabeled_views:
+            raise PoolError(f"loop.strategy: {name} picks by the online ASSL score, which compares weak and strong "
+                            f"views, and model {type(model).__name__} trains no strong view; use a FixMatch-family "
+                            f"model.class_path or a strategy that does not need the score (e.g. TypiClust)")
 
     def _check_oracle(self, datamodule: ActiveDataModule) -> None:
         unknown = datamodule.splits.unknown_labels
