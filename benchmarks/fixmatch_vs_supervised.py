@@ -8,14 +8,17 @@ demo's own seed; the gain against the better of the two supervised variants and 
 seeds are printed beside it, so one lucky seed cannot hide a weak method.
 
 A seed fixes the labeled set and the initial weights; each is trained ``--repeats`` times with
-training seeds ``seed + 100 r`` (batch order, augmentations). Repeat 0 is exactly the demo's run.
-On 40 labels one fit swings by several points with the training seed alone, so the mean pools
-every run.
+training seeds ``seed + 100 r`` (batch order, augmentations). Repeat 0 is exactly the demo's run;
+the training seed is the data module's ``data.seed`` (sampling order, augmentations) and the loop's
+seed (every fit's RNGs; so a later repeat runs the loop with repeat 0's labeled set as its
+``initial_index_file``). On 40 labels one fit swings by several
+points with the training seed alone, so the mean pools every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -30,17 +33,21 @@ SHARED = ("backbone", "num_classes", "in_channels", "backbone_kwargs", "lr", "mo
           "weight_decay", "scheduler", "ema_decay")
 
 
-def first_cycle_accuracy(config: str, method: type[SSLMethod], seed: int, train_seed: int, **overrides) -> float:
+def first_cycle(config: str, method: type[SSLMethod], seed: int, train_seed: int, index_file: Path | None = None,
+                **overrides) -> tuple[float, Path]:
+    """Test accuracy of the first fit and its run directory: labeled set and initial weights from
+    ``seed`` (or the ids in ``index_file``), the fit's RNGs from ``train_seed``."""
     cli = ActiveLearningCLI(args=["--config", config, "--trainer.logger", "false", "--seed_everything", str(seed),
-                                  "--trainer.enable_progress_bar", "false"], run=False)
+                                  "--data.seed", str(train_seed), "--trainer.enable_progress_bar", "false"], run=False)
     hparams = {**{k: cli.model.hparams[k] for k in SHARED}, **overrides}
     L.seed_everything(seed)
     model = cli.model if method is FixMatch else method(**hparams)
     base: ActiveLoop = cli._get(cli.config_init, "loop")
-    loop = ActiveLoop(rounds=0, budget=0, initial_size=base.initial_size, initial_index_file=base.initial_index_file,
-                      initial_strategy=base.initial_strategy, seed=seed)
-    L.seed_everything(train_seed)
-    return loop.run(model, cli.datamodule, cli.build_trainer)[0]["test_acc"]
+    loop = ActiveLoop(rounds=0, budget=0, initial_size=base.initial_size,
+                      initial_index_file=str(index_file) if index_file else base.initial_index_file,
+                      initial_strategy=base.initial_strategy, seed=train_seed)
+    accuracy = loop.run(model, cli.datamodule, cli.build_trainer)[0]["test_acc"]
+    return accuracy, loop.out_dir
 
 
 def main() -> None:
@@ -54,10 +61,14 @@ def main() -> None:
     demo_seed = yaml.safe_load(Path(args.config).read_text()).get("seed_everything")
     rows = []
     for seed in args.seeds:
+        index_file = None
         for train_seed in (seed + 100 * r for r in range(args.repeats)):
-            fixmatch = first_cycle_accuracy(args.config, FixMatch, seed, train_seed)
-            sup_ema = first_cycle_accuracy(args.config, Supervised, seed, train_seed)
-            sup_raw = first_cycle_accuracy(args.config, Supervised, seed, train_seed, ema_decay=0.0)
+            fixmatch, run = first_cycle(args.config, FixMatch, seed, train_seed, index_file)
+            if index_file is None:  # repeat 0 drew the labeled set: the later repeats train on it
+                index_file = run / "initial_ids.json"
+                index_file.write_text(json.dumps(json.loads((run / "pool.json").read_text())["labeled"]))
+            sup_ema, _ = first_cycle(args.config, Supervised, seed, train_seed, index_file)
+            sup_raw, _ = first_cycle(args.config, Supervised, seed, train_seed, index_file, ema_decay=0.0)
             rows.append((seed, train_seed, fixmatch, sup_ema, sup_raw, fixmatch - sup_ema,
                          fixmatch - max(sup_ema, sup_raw)))
     print(f"\nfirst cycle of {args.config} (test accuracy; gains in points)")
