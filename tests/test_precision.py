@@ -58,3 +58,33 @@ def test_bf16_mixed_channels_last_fit_keeps_state_and_scores_in_full_precision(d
     assert queue.dtype == torch.float32 and queue.abs().sum() > 0
     assert scoring.state.u_mean.dtype == torch.float64 and scoring.state.score.dtype == torch.float64
     assert int((scoring.state.last_pred >= 0).sum()) > 0
+
+
+def test_compiled_backbone_trains_like_the_plain_one_and_leaves_the_teacher_plain(digits):
+    """``compile_backbone`` wraps the student's feature extractor once, for every later fit too;
+    the weights, their names and the teacher stay plain, and three steps land on the plain run's
+    weights (inductor on the CPU; float sums may differ in order, hence the tolerance)."""
+    def fit(compile_backbone: bool) -> FlexMatch:
+        L.seed_everything(0)
+        model = FlexMatch(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4},
+                          compile_backbone=compile_backbone)
+        for _ in range(2):  # a second fit of the same model must not wrap the wrapper
+            trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                                use_distributed_sampler=False)
+            trainer.fit(model, datamodule=digits)
+        return model
+
+    from torch._dynamo.utils import counters
+
+    plain = fit(False)
+    counters.clear()
+    compiled = fit(True)
+    assert counters["stats"]["unique_graphs"] > 0  # the steps ran the compiled extractor
+    wrapped = vars(compiled.model)["embed"]
+    assert getattr(wrapped, "_torchdynamo_orig_callable", None) is not None
+    assert getattr(wrapped._torchdynamo_orig_callable, "_torchdynamo_orig_callable", None) is None
+    assert "embed" not in vars(compiled.ema.module) and "embed" not in vars(plain.model)
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    for name, weight in plain.state_dict().items():
+        assert torch.allclose(compiled.state_dict()[name].float(), weight.float(), atol=1e-4), name
