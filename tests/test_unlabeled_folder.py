@@ -177,3 +177,15 @@ def test_pseudo_label_accuracy_counts_only_images_whose_class_is_known():
     logged.clear()
     PseudoLabelAccuracy().on_train_batch_end(trainer, module, outputs, None, 0)
     assert logged == {}
+
+
+def test_a_setting_that_picks_another_initial_set_is_refused_beside_given_labels(tmp_path, capsys):
+    make_project(tmp_path / "my_images", labeled_per_class=2, unlabeled_per_class=2)
+    config = project_config(tmp_path, tmp_path / "my_images")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--loop.initial_strategy", "al_lightning.strategies.TypiClust"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: loop.initial_strategy: the data came with 6 labeled images (train/<class>/ beside "
+                   "unlabeled/), which are the initial set; remove loop.initial_strategy"]
+    assert not (tmp_path / "runs" / "image_folder" / "version_0").exists()

@@ -262,6 +262,7 @@ class ActiveLoop:
                 raise PoolError(f"{directory.path} already holds a run; continue it with 'al-lightning fit "
                                 f"--resume {directory.path}' or start a new one elsewhere")
             given = datamodule.splits.given_labels
+            self._check_given(given)
             self._check_budget(pool, len(given))
             initial = None if len(given) else broadcast_from_zero(self._initial_ids(pool, model, datamodule))
             if config is not None and rank_zero:
@@ -404,6 +405,15 @@ class ActiveLoop:
             raise PoolError(f"the run needs {needed} labels (initial {initial} + loop.rounds {self.rounds} x "
                             f"loop.budget {self.budget}) but the pool holds {pool.size} samples; lower loop.budget "
                             f"or loop.rounds")
+
+    def _check_given(self, given: np.ndarray) -> None:
+        """Labels that came with the data are the initial set: a setting that picks another is refused."""
+        chosen = [name for name, value in (("initial_strategy", self.initial_strategy),
+                                           ("initial_index_file", self.initial_index_file),
+                                           ("initial_per_class", self.initial_per_class)) if value is not None]
+        if len(given) and chosen:
+            raise PoolError(f"loop.{chosen[0]}: the data came with {len(given)} labeled images (train/<class>/ beside "
+                            f"unlabeled/), which are the initial set; remove loop.{chosen[0]}")
 
     def _check_scoring(self, trainer: L.Trainer, model: SSLMethod) -> None:
         """A strategy that picks by the online scores needs the callback that records them (without
