@@ -201,7 +201,8 @@ class ActiveDataModule(L.LightningDataModule):
         self.batch_views = BatchViews(self.splits.image_size, self.splits.hflip, self.splits.mean, self.splits.std)
 
     def ground_truth(self, indices: Any) -> np.ndarray:
-        """True train labels, for the simulated oracle and diagnostics only, never the learner."""
+        """True train labels, for the simulated oracle and diagnostics only, never the learner;
+        the one exception is the labels a person's data came with (``splits.given_labels``)."""
         return self._splits().train_targets[torch.as_tensor(indices, dtype=torch.int64)].numpy()
 
     def _splits(self) -> ImageSplits:

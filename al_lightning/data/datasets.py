@@ -7,7 +7,7 @@ Offline and missing, a torchvision dataset fails with one line naming the files 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +194,11 @@ _torchvision_rgb("stl10", "STL10", ["stl10_binary/train_X.bin", "stl10_binary/te
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def _image_files(paths: Iterable[Path]) -> list[Path]:
+    """The image files among ``paths``, sorted."""
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def image_folder_classes(root: str) -> list[str]:
     """The class folders of ``train/``, or of ``test/`` when every train image is unlabeled."""
     base = Path(root)
@@ -236,7 +241,7 @@ def _class_folder_paths(folder: Path, classes: list[str], required: bool = True)
                 continue
             raise DatasetNotFound(f"image_folder: class folder {class_dir} is missing (every class "
                                   f"in train/ needs a folder in {folder.name}/)")
-        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = _image_files(class_dir.iterdir())
         paths += found
         targets += [label] * len(found)
     return paths, targets
@@ -259,8 +264,7 @@ def load_image_folder(root: str = "data", download: bool = False, split_seed: in
     classes = image_folder_classes(root)
     unlabeled = base / "unlabeled"
     known, known_y = _class_folder_paths(base / "train", classes, required=not unlabeled.is_dir())
-    unknown = sorted(p for p in unlabeled.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) \
-        if unlabeled.is_dir() else []
+    unknown = _image_files(unlabeled.rglob("*")) if unlabeled.is_dir() else []
     if not known and not unknown:
         raise DatasetNotFound(f"image_folder: no images under {base / 'train'} or {unlabeled}")
     test, test_y = _class_folder_paths(base / "test", classes)
