@@ -37,9 +37,12 @@ def test_k_center_greedy_on_clustered_data_where_pruning_matters():
     assert ops.k_center_greedy(torch.from_numpy(x), 30, first=0) == brute_k_center(x, 30, None, first=0)
 
 
-def test_k_center_greedy_gathers_rows_in_blocks_with_the_same_picks(monkeypatch):
-    """Blocks of 7 rows (every update spans many): the same picks as the exhaustive greedy."""
+@pytest.mark.parametrize("dense_share", [2.0, 0.0], ids=["gathered-in-blocks", "every-row-in-place"])
+def test_k_center_greedy_updates_distances_either_way_with_the_same_picks(monkeypatch, dense_share):
+    """Touched rows gathered in blocks of 7 (every update spans many), or every row's distance
+    computed in place: the same picks as the exhaustive greedy."""
     monkeypatch.setattr(ops.kcenter, "BLOCK_VALUES", 7 * 6)
+    monkeypatch.setattr(ops.kcenter, "DENSE_SHARE", dense_share)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(200, 6))
     assert ops.k_center_greedy(torch.from_numpy(x), 25, first=3) == brute_k_center(x, 25, None, first=3)

@@ -17,6 +17,10 @@ def _sq_dist(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Tens
 
 #: the most feature values gathered at once when a new centre updates distances (64 MiB of float32)
 BLOCK_VALUES = 2**24
+#: above this share of touched rows a new centre's distances are computed for every row: gathering
+#: a row costs about six times reading it in place (one thread, 100,000 x 512), so in high
+#: dimensions, where the triangle inequality prunes little, the gather was most of a pick
+DENSE_SHARE = 1 / 6
 
 
 def _rows_per_block(x: torch.Tensor) -> int:
@@ -24,8 +28,10 @@ def _rows_per_block(x: torch.Tensor) -> int:
 
 
 def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, rows: torch.Tensor, i: int) -> torch.Tensor:
-    """Squared distances of ``x[rows]`` to ``x[i]``, gathered :data:`BLOCK_VALUES` values at a time:
-    a new centre that touches every row never copies ``x``."""
+    """Squared distances of ``x[rows]`` to ``x[i]``: for many rows, of every row in place and then
+    indexed; for few, gathered :data:`BLOCK_VALUES` values at a time. Neither copies ``x``."""
+    if len(rows) >= DENSE_SHARE * len(x):
+        return (x_sq + x_sq[i] - 2.0 * (x @ x[i])).clamp_min_(0.0)[rows]
     step = _rows_per_block(x)
     d2 = torch.empty(len(rows), device=x.device)
     for start in range(0, len(rows), step):
