@@ -68,6 +68,24 @@ def test_typicality_is_the_inverse_mean_distance_to_the_k_nearest_others(distanc
     assert np.allclose(ops.typicality(x, 20, distance), brute_typicality(x, 20, power), rtol=1e-4)
 
 
+@pytest.mark.parametrize("spare", [0, 2, 100], ids=["searched-every-visit", "some-searches", "one-search"])
+@pytest.mark.parametrize("distance,power", [("squared", 2), ("euclidean", 1)])
+def test_kept_neighbour_lists_give_the_typicality_of_the_remaining_members(spare, distance, power):
+    """A cluster's kept kNN lists, thinned by each removal, against a brute-force typicality of
+    the rows still there (duplicates included, k shrinking with the cluster as the reference's
+    min(20, remaining // 2)); a list that runs short (spare 0) is searched again."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 5)).astype(np.float32)
+    x[10:14] = x[3]  # four duplicates of row 3
+    members = ops.typiclust.ClusterMembers(np.union1d([3, 10, 11, 12, 13], rng.choice(90, size=44, replace=False)))
+    for _ in range(40):
+        remaining = members.remaining()
+        k = min(20, len(remaining) // 2)
+        expected = brute_typicality(x[remaining], k, power) if k > 0 else np.full(len(remaining), 1e5)
+        assert np.allclose(members.typicality(x, k, distance, spare=spare), expected, rtol=1e-4)
+        members.remove(int(rng.integers(len(remaining))))
+
+
 def test_the_default_typicality_is_the_reference_codes_squared_distance():
     x = np.random.default_rng(1).normal(size=(60, 5)).astype(np.float32)
     assert np.allclose(ops.typicality(x, 20), brute_typicality(x, 20, 2), rtol=1e-4)

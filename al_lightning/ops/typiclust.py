@@ -19,7 +19,8 @@ Where the paper is loose we follow the reference code (avihu111/TypiClust,
 * labeled samples only count (their cluster ranks lower); they and the earlier picks are taken
   out of the cluster, as candidates and as neighbours: typicality is recomputed at every visit
   *within* the cluster, among its remaining unlabeled members, with K = min(20, remaining // 2)
-  (its "density among half of the cluster" for small clusters);
+  (its "density among half of the cluster" for small clusters); here from neighbour lists kept
+  between visits (:class:`ClusterMembers`), not a new search each time;
 * typicality = 1 / (mean + 1e-5), where the mean is over the *squared* Euclidean distances that
   faiss returns (``distance="squared"``, the default); ``distance="euclidean"`` gives the paper's
   equation literally; ties go to the first row (its ``argmax``).
@@ -73,6 +74,69 @@ def cluster_visit_order(assign: np.ndarray, n_labeled: int, m: int, min_cluster_
     return order[sizes[order] > min_cluster_size], order[(sizes[order] > 0) & (sizes[order] <= min_cluster_size)]
 
 
+class ClusterMembers:
+    """One cluster's unlabeled rows across its visits, with each row's nearest neighbours among
+    them kept from one kNN search to the next visit.
+
+    The reference searches a visited cluster again every time (its typicality among the remaining
+    members). Taking a pick out removes one row from the others' lists, so the k nearest
+    *remaining* neighbours of a row are the first k of its list still present: the same distances,
+    without the search (at 1,000,000 rows in 500 clusters a budget of 10,000 visits each cluster 20
+    times). A list is searched for ``k + spare`` neighbours (``spare``: the cluster's visits
+    left), one that runs short is searched again: O(n (k + spare)) memory over all clusters, never
+    n x n. The distances are those of the first search, so a score can differ from a fresh
+    search's in float rounding; picks were identical at 100,000 and 300,000 rows.
+    """
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        self.present = np.ones(len(rows), dtype=bool)
+        self._neighbours: np.ndarray | None = None  # (len(rows), K) positions in rows, nearest first
+        self._sq: np.ndarray | None = None  # (len(rows), K) their squared distances
+
+    def __len__(self) -> int:
+        return int(self.present.sum())
+
+    def remaining(self) -> np.ndarray:
+        return self.rows[self.present]
+
+    def remove(self, i: int) -> int:
+        """Take the ``i``-th remaining row out; returns it."""
+        position = int(np.flatnonzero(self.present)[i])
+        self.present[position] = False
+        return int(self.rows[position])
+
+    def _search(self, x: np.ndarray, live: np.ndarray, k: int) -> None:
+        sq, idx = knn_search(x[self.rows[live]], None, k + 1)
+        own = idx == np.arange(len(live))[:, None]
+        own[~own.any(1), -1] = True  # duplicates can push a row out of its own list: drop the last instead
+        first = ~own
+        self._neighbours = np.zeros((len(self.rows), k), dtype=np.int32)
+        self._sq = np.zeros((len(self.rows), k), dtype=np.float32)
+        self._neighbours[live] = live[idx[first].reshape(len(live), k)]
+        self._sq[live] = sq[first].reshape(len(live), k)
+
+    def typicality(self, x: np.ndarray, k: int, distance: Distance = "squared", spare: int = 0) -> np.ndarray:
+        """:func:`typicality` of the remaining rows among themselves (``x`` holds every row).
+        ``spare``: further removals the kept lists should survive without a new search."""
+        live = np.flatnonzero(self.present)
+        k = min(k, len(live) - 1)
+        if k <= 0:
+            return np.full(len(live), 1e5)
+        if self._neighbours is not None:
+            there = self.present[self._neighbours[live]]
+            rank = np.cumsum(there, axis=1)
+        if self._neighbours is None or rank[:, -1].min() < k:
+            self._search(x, live, min(len(live) - 1, k + spare))
+            there = self.present[self._neighbours[live]]
+            rank = np.cumsum(there, axis=1)
+        first_k = np.argsort(~(there & (rank <= k)), axis=1, kind="stable")[:, :k]
+        d = np.maximum(np.take_along_axis(self._sq[live], first_k, 1).astype(np.float64), 0.0)
+        if distance == "euclidean":
+            d = np.sqrt(d)
+        return 1.0 / (d.mean(1) + 1e-5)
+
+
 def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: int, k: int = K_NN,
                             min_cluster_size: int = MIN_CLUSTER_SIZE, distance: Distance = "squared",
                             within: np.ndarray | None = None) -> np.ndarray:
@@ -80,6 +144,8 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
     then the unlabeled ones; returns ``budget`` distinct unlabeled rows (0-based among the
     unlabeled), in pick order. ``within`` (one value per unlabeled row) replaces typicality as the
     choice inside a visited cluster: its largest remaining value (ties: the smaller row)."""
+    if distance not in ("squared", "euclidean"):
+        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
     x = as_float32(x)
     assign = np.asarray(assign, dtype=np.int64)
     n_unlabeled = x.shape[0] - n_labeled
@@ -89,23 +155,22 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
     unlabeled_assign = assign[n_labeled:]
     grouped = np.argsort(unlabeled_assign, kind="stable")  # each cluster's unlabeled rows, ascending
     bounds = np.searchsorted(unlabeled_assign[grouped], np.arange(m + 1))
-    remaining = {int(c): grouped[bounds[c]:bounds[c + 1]] for c in range(m)}
+    clusters = {int(c): ClusterMembers(grouped[bounds[c]:bounds[c + 1]]) for c in range(m)}
+    unlabeled_x = x[n_labeled:]
     picks: list[int] = []
     for cycle in (visited, small):
-        alive = [int(c) for c in cycle if len(remaining[c])]
+        alive = [int(c) for c in cycle if len(clusters[c])]
         slot = 0
         while alive and len(picks) < budget:
             slot %= len(alive)
-            cluster = alive[slot]
-            members = remaining[cluster]
+            members = clusters[alive[slot]]
             if within is None:
-                score = typicality(x[n_labeled + members], min(k, len(members) // 2), distance)
+                visits_left = -(-(budget - len(picks)) // len(alive))
+                score = members.typicality(unlabeled_x, min(k, len(members) // 2), distance, spare=visits_left)
             else:
-                score = within[members]
-            best = int(np.argmax(score))
-            picks.append(int(members[best]))
-            remaining[cluster] = np.delete(members, best)
-            if len(remaining[cluster]):
+                score = within[members.remaining()]
+            picks.append(members.remove(int(np.argmax(score))))
+            if len(members):
                 slot += 1
             else:  # exhausted: drop it, the next cluster moves into this slot
                 alive.pop(slot)
