@@ -56,6 +56,18 @@ def materialised_badge(probs: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (a[:, :, None] * h[:, None, :]).reshape(len(a), -1)
 
 
+def test_l2_normalised_stacks_parts_in_chunks_as_one_unit_length_copy():
+    rng = np.random.default_rng(5)
+    labeled, unlabeled = rng.normal(size=(3, 4)), torch.from_numpy(rng.normal(size=(11, 4)))
+    unlabeled[2] = 0.0  # a zero row stays zero
+    whole = np.concatenate([labeled, unlabeled.numpy()])
+    out = ops.faiss_ops.l2_normalised(labeled, unlabeled, chunk=4)
+    expected = whole / np.maximum(np.linalg.norm(whole, axis=1, keepdims=True), 1e-12)
+    assert out.dtype == np.float32 and out.shape == (14, 4)
+    assert np.allclose(out, expected, atol=1e-6) and not out[5].any()
+    assert np.array_equal(unlabeled.numpy(), whole[3:]) and np.array_equal(labeled, whole[:3])  # inputs untouched
+
+
 def test_badge_low_rank_distances_equal_the_materialised_embedding():
     rng = np.random.default_rng(2)
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(50, 7))), 1)

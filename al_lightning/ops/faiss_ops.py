@@ -18,10 +18,19 @@ def as_float32(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def l2_normalised(x: Any) -> np.ndarray:
-    """Rows scaled to unit length, as a new float32 array (the caller's data is left alone)."""
-    x = as_float32(x)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def l2_normalised(*parts: Any, chunk: int = 65_536) -> np.ndarray:
+    """The rows of ``parts`` (tensors or arrays of equal width), stacked and scaled to unit length,
+    as one new float32 array (the callers' data is left alone). Written ``chunk`` rows at a time:
+    at 1,000,000 x 512 a whole-matrix norm and a concatenation each held another 2 GB copy."""
+    width = parts[0].shape[1]
+    out = np.empty((sum(len(part) for part in parts), width), dtype=np.float32)
+    row = 0
+    for part in parts:
+        for start in range(0, len(part), chunk):
+            block = as_float32(part[start:start + chunk])
+            out[row:row + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            row += len(block)
+    return out
 
 
 def gpu_available() -> bool:

@@ -143,9 +143,8 @@ def probcover_select(features: Any, budget: int, labeled_features: Any | None = 
     """``(rows, delta)``: ``budget`` distinct rows of the unlabeled ``features`` by Alg. 1 on the
     ball graph of the L2-normalised labeled + unlabeled features, and the delta used (given, or
     by purity with ``num_classes`` k-means clusters)."""
-    unlabeled = l2_normalised(features)
     n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = unlabeled if n_labeled == 0 else np.concatenate([l2_normalised(labeled_features), unlabeled])
+    x = l2_normalised(features) if n_labeled == 0 else l2_normalised(labeled_features, features)
     rng = np.random.default_rng(seed)
     if delta is None:
         if num_classes is None:

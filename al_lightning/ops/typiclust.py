@@ -184,10 +184,9 @@ def typiclust_select(features: Any, budget: int, labeled_features: Any | None = 
     """``budget`` distinct rows of the unlabeled ``features``: k-means of the L2-normalised
     labeled + unlabeled features into ``min(|L| + budget, max_clusters)`` clusters (``None``: no
     cap), then :func:`typiclust_from_clusters` (``within``: its in-cluster choice)."""
-    unlabeled = l2_normalised(features)
     n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = unlabeled if n_labeled == 0 else np.concatenate([l2_normalised(labeled_features), unlabeled])
-    budget = min(budget, unlabeled.shape[0])
+    x = l2_normalised(features) if n_labeled == 0 else l2_normalised(labeled_features, features)
+    budget = min(budget, len(features))
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     m = n_labeled + budget if max_clusters is None else min(n_labeled + budget, max_clusters)
