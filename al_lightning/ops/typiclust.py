@@ -123,13 +123,13 @@ class ClusterMembers:
         k = min(k, len(live) - 1)
         if k <= 0:
             return np.full(len(live), 1e5)
-        if self._neighbours is not None:
-            there = self.present[self._neighbours[live]]
+        for searched in (False, True):
+            if searched or self._neighbours is None:
+                self._search(x, live, min(len(live) - 1, k + spare))
+            there = self.present[self._neighbours[live]]  # a list's entries still in the cluster
             rank = np.cumsum(there, axis=1)
-        if self._neighbours is None or rank[:, -1].min() < k:
-            self._search(x, live, min(len(live) - 1, k + spare))
-            there = self.present[self._neighbours[live]]
-            rank = np.cumsum(there, axis=1)
+            if rank[:, -1].min() >= k:
+                break
         first_k = np.argsort(~(there & (rank <= k)), axis=1, kind="stable")[:, :k]
         d = np.maximum(np.take_along_axis(self._sq[live], first_k, 1).astype(np.float64), 0.0)
         if distance == "euclidean":
