@@ -50,14 +50,23 @@ def typicality(x: Any, k: int, distance: Distance = "squared") -> np.ndarray:
     """``1 / (mean distance to the k nearest other rows + 1e-5)``, distances squared (the
     reference code) or Euclidean (the paper). With ``k = 0`` (a single row) every row gets
     ``1 / 1e-5``: there is nothing to compare it with."""
-    if distance not in ("squared", "euclidean"):
-        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
+    _check_distance(distance)
     x = as_float32(x)
     k = min(k, x.shape[0] - 1)
     if k <= 0:
         return np.full(x.shape[0], 1e5)
     sq, _ = knn_search(x, x, k + 1)  # the row itself comes first (distance 0) and is dropped
-    d = np.maximum(sq[:, 1:].astype(np.float64), 0.0)
+    return _inverse_mean_distance(sq[:, 1:], distance)
+
+
+def _check_distance(distance: str) -> None:
+    if distance not in ("squared", "euclidean"):
+        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
+
+
+def _inverse_mean_distance(sq: np.ndarray, distance: Distance) -> np.ndarray:
+    """``1 / (mean + 1e-5)`` per row of the squared distances ``sq``, or of their roots."""
+    d = np.maximum(sq.astype(np.float64), 0.0)
     if distance == "euclidean":
         d = np.sqrt(d)
     return 1.0 / (d.mean(1) + 1e-5)
@@ -131,10 +140,7 @@ class ClusterMembers:
             if rank[:, -1].min() >= k:
                 break
         first_k = np.argsort(~(there & (rank <= k)), axis=1, kind="stable")[:, :k]
-        d = np.maximum(np.take_along_axis(self._sq[live], first_k, 1).astype(np.float64), 0.0)
-        if distance == "euclidean":
-            d = np.sqrt(d)
-        return 1.0 / (d.mean(1) + 1e-5)
+        return _inverse_mean_distance(np.take_along_axis(self._sq[live], first_k, 1), distance)
 
 
 def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: int, k: int = K_NN,
@@ -144,8 +150,7 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
     then the unlabeled ones; returns ``budget`` distinct unlabeled rows (0-based among the
     unlabeled), in pick order. ``within`` (one value per unlabeled row) replaces typicality as the
     choice inside a visited cluster: its largest remaining value (ties: the smaller row)."""
-    if distance not in ("squared", "euclidean"):
-        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
+    _check_distance(distance)
     x = as_float32(x)
     assign = np.asarray(assign, dtype=np.int64)
     n_unlabeled = x.shape[0] - n_labeled
