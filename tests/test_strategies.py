@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from al_lightning.methods import FixMatch
+from al_lightning.methods.inference import pool_inference
 from al_lightning.scoring.online import OnlineScoreState
-from al_lightning.strategies import ASSL, STRATEGIES, AcquisitionContext, Entropy, Random
+from al_lightning.strategies import ASSL, STRATEGIES, AcquisitionContext, Entropy, Random, base
 
 
 def context_for(dm, scores=None, cycle=0, seed=0):
@@ -23,16 +24,62 @@ def random_scores(size: int, seed: int | None) -> OnlineScoreState:
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
-def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name):
+def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name, monkeypatch):
     scores = random_scores(digits.pool.size, seed=None)
     strategy = STRATEGIES.get(name)()
+    passes = []
+
+    def counted(model, loader_for, ids, device, outputs):
+        passes.append((len(ids), tuple(outputs)))
+        return pool_inference(model, loader_for, ids, device, outputs)
+
+    monkeypatch.setattr(base, "pool_inference", counted)
     torch.manual_seed(0)
     first = strategy.select(context_for(digits, scores), 15)
+    monkeypatch.undo()
+    # one pass per id set at most, computing only the outputs the strategy declares it reads
+    assert len({n for n, _ in passes}) == len(passes), passes
+    assert all(set(outputs) <= set(strategy.model_outputs) for _, outputs in passes), passes
     torch.manual_seed(0)
     second = strategy.select(context_for(digits, scores), 15)
     assert len(first) == 15 and len(set(first.tolist())) == 15
     assert not np.isin(first, digits.pool.labeled_indices).any()
     assert np.array_equal(np.sort(first), np.sort(second))
+
+
+def test_pool_inference_computes_only_the_outputs_asked_for(digits):
+    model = context_for(digits).model
+    ids = digits.pool.unlabeled_indices[:50]
+    both = pool_inference(model, digits.inference_dataloader, ids, torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(both.logits, model.classify(both.embeddings))
+    heads = []
+    model.head().register_forward_hook(lambda *_: heads.append(1))
+    alone = pool_inference(model, digits.inference_dataloader, ids, torch.device("cpu"), outputs=("embeddings",))
+    assert alone.logits is None and not heads and torch.equal(alone.embeddings, both.embeddings)
+    alone = pool_inference(model, digits.inference_dataloader, ids, torch.device("cpu"), outputs=("logits",))
+    assert alone.embeddings is None and torch.equal(alone.logits, both.logits)
+    with pytest.raises(ValueError, match="choose among"):
+        pool_inference(model, digits.inference_dataloader, ids, torch.device("cpu"), outputs=("probs",))
+
+
+def test_an_output_the_strategy_did_not_declare_still_comes_from_its_own_pass(digits, monkeypatch):
+    context = context_for(digits)
+    context.model_outputs = ("embeddings",)
+    passes = []
+
+    def counted(model, loader_for, ids, device, outputs):
+        passes.append(tuple(outputs))
+        return pool_inference(model, loader_for, ids, device, outputs)
+
+    monkeypatch.setattr(base, "pool_inference", counted)
+    embeddings, probs = context.embeddings, context.probs
+    assert passes == [("embeddings",), ("logits",)]
+    context.embeddings
+    assert len(passes) == 2
+    expected = pool_inference(context.model, digits.inference_dataloader, context.unlabeled, torch.device("cpu"))
+    assert torch.equal(embeddings, expected.embeddings)
+    assert torch.allclose(probs, expected.logits.softmax(dim=-1))
 
 
 def test_assl_is_the_top_b_of_the_online_score_among_unlabeled(digits):

@@ -159,7 +159,8 @@ def query_batch(ids: np.ndarray, cycle: int, model: SSLMethod, datamodule: Activ
     """What a person sees of the queried ids: image, stable id, acquisition score, and the model's
     prediction once it was trained (the initial set is picked before any fit)."""
     ids = np.asarray(ids, dtype=np.int64)
-    _, logits = pool_inference(model.inference_model, datamodule.inference_dataloader, ids, device)
+    logits = pool_inference(model.inference_model, datamodule.inference_dataloader, ids, device,
+                            outputs=("logits",)).logits
     probability, predicted = logits.float().softmax(dim=-1).max(dim=-1)
     if not trained:
         probability, predicted = torch.full_like(probability, float("nan")), torch.full_like(predicted, -1)
@@ -515,9 +516,9 @@ class ActiveLoop:
     def test_predictions(model: SSLMethod, datamodule: ActiveDataModule, device: torch.device) -> torch.Tensor:
         """The EMA model's class for every test image, on the CPU, on every rank."""
         targets = datamodule.test_targets()
-        _, logits = pool_inference(model.inference_model,
-                                   lambda ids: datamodule.inference_dataloader(ids, split="test"),
-                                   np.arange(len(targets)), device)
+        logits = pool_inference(model.inference_model,
+                                lambda ids: datamodule.inference_dataloader(ids, split="test"),
+                                np.arange(len(targets)), device, outputs=("logits",)).logits
         return logits.argmax(dim=-1).cpu()
 
     @staticmethod

@@ -23,6 +23,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("active_ft")
 class ActiveFT(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto",
                  init: Literal["random", "fps"] = "random", temperature: float = 0.07, balance: float = 1.0,
                  iterations: int = 300, lr: float = 1e-3, batch_size: int = 100_000) -> None:

@@ -19,6 +19,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("alfamix")
 class ALFAMix(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, alpha: Literal["closed_form", "optimised"] = "closed_form") -> None:
         self.alpha = alpha
 

@@ -25,6 +25,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("as3l")
 class AS3L(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", runs: int = 6,
                  finetune: bool = True, finetune_epochs: int = 40) -> None:
         self.features, self.runs, self.finetune, self.finetune_epochs = features, runs, finetune, finetune_epochs

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from al_lightning.data.pool import ActivePool
-from al_lightning.methods.inference import pool_inference
+from al_lightning.methods.inference import BOTH, PoolOutput, pool_inference
 from al_lightning.models import Backbone
 from al_lightning.pretrain.outputs import load_pool_features
 from al_lightning.registry import Registry
@@ -80,6 +80,9 @@ class AcquisitionContext:
         self.pretrained = pretrained_features
         #: True before the first fit of a model without pre-trained weights: its embedding is noise
         self.model_is_random = model_is_random
+        #: the model outputs the strategy reads (``Strategy.select`` sets its own), computed in one pass
+        self.model_outputs: tuple[PoolOutput, ...] = BOTH
+        self._outputs: dict[tuple[str, str], torch.Tensor] = {}
 
     @cached_property
     def unlabeled(self) -> np.ndarray:
@@ -93,39 +96,39 @@ class AcquisitionContext:
     def labeled_labels(self) -> np.ndarray:
         return self.pool.labels_of(self.labeled)
 
-    def _model_inference(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.model_is_random:
-            raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model is "
-                                     "trained yet and none is pre-trained: run 'al-lightning pretrain' and set "
-                                     "model.init_args.pretrained, or choose the strategy's features: pixels")
-        return pool_inference(self.model, self.loader_for, ids, self.device)
-
-    @cached_property
-    def _inference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._model_inference(self.unlabeled)
-
-    @cached_property
-    def _labeled_inference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._model_inference(self.labeled)
+    def _model_output(self, ids_of: Literal["unlabeled", "labeled"], output: PoolOutput) -> torch.Tensor:
+        """One model output of the unlabeled (or labeled) ids, computed once. The pass that computes
+        it also computes the other outputs in ``model_outputs`` not held yet and keeps nothing else."""
+        if (ids_of, output) not in self._outputs:
+            if self.model_is_random:
+                raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model "
+                                         "is trained yet and none is pre-trained: run 'al-lightning pretrain' and "
+                                         "set model.init_args.pretrained, or choose the strategy's features: pixels")
+            wanted = [name for name in BOTH if name == output
+                      or (name in self.model_outputs and (ids_of, name) not in self._outputs)]
+            ids = self.unlabeled if ids_of == "unlabeled" else self.labeled
+            computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
+            self._outputs.update({(ids_of, name): getattr(computed, name) for name in wanted})
+        return self._outputs[(ids_of, output)]
 
     @property
     def embeddings(self) -> torch.Tensor:
         """EMA-model features of the unlabeled samples, ``(n_unlabeled, d)``."""
-        return self._inference[0]
+        return self._model_output("unlabeled", "embeddings")
 
     @cached_property
     def probs(self) -> torch.Tensor:
         """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)`` float32,
         computed in place over the inference's logits (which are not kept)."""
-        return softmax_rows_(self._inference[1])
+        return softmax_rows_(self._model_output("unlabeled", "logits"))
 
     @property
     def labeled_embeddings(self) -> torch.Tensor:
-        return self._labeled_inference[0]
+        return self._model_output("labeled", "embeddings")
 
     @cached_property
     def labeled_probs(self) -> torch.Tensor:
-        return softmax_rows_(self._labeled_inference[1])
+        return softmax_rows_(self._model_output("labeled", "logits"))
 
     @property
     def num_classes(self) -> int:
@@ -177,8 +180,13 @@ class Strategy:
 
     #: reads ``context.scores``: the loop refuses to start without the OnlineScoring callback
     needs_online_scores: bool = False
+    #: the model outputs ``rank_select`` reads (``embeddings``; ``logits`` for the probabilities):
+    #: one pass over the pool computes them together and keeps no other (at a million samples and a
+    #: thousand classes the logits alone are 3.7 GiB). Reading one not listed costs another pass.
+    model_outputs: tuple[PoolOutput, ...] = BOTH
 
     def select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
+        context.model_outputs = self.model_outputs
         available = len(context.unlabeled)
         if budget > available:
             warnings.warn(f"budget {budget} exceeds the {available} unlabeled samples; taking all of them")

@@ -11,6 +11,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("coreset")
 class CoreSet(Strategy):
+    model_outputs = ("embeddings",)
+
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         centres = context.labeled_embeddings if len(context.labeled) else None
         first = int(context.rng().integers(len(context.unlabeled)))

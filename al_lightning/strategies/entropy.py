@@ -9,5 +9,7 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, entropy_r
 
 @register_strategy("entropy")
 class Entropy(Strategy):
+    model_outputs = ("logits",)
+
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         return top_k(context, entropy_rows(context.probs), budget)

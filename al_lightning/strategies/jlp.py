@@ -19,6 +19,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("jlp")
 class JLP(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, k: int = 50, alpha: float = 0.99, gamma: float = 3.0) -> None:
         self.k, self.alpha, self.gamma = k, alpha, gamma
 

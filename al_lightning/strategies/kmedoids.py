@@ -17,6 +17,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("kmedoids")
 class KMedoids(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", iterations: int = 10) -> None:
         self.features, self.iterations = features, iterations
 

@@ -20,6 +20,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("probcover")
 class ProbCover(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", delta: float | None = None, purity: float = 0.95) -> None:
         self.features, self.delta, self.purity = features, delta, purity
         #: the delta of the last selection (chosen by purity when ``delta`` is None)

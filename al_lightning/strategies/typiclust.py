@@ -23,6 +23,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("typiclust")
 class TypiClust(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", k: int = 20, max_clusters: int | None = 500,
                  min_cluster_size: int = 5, distance: Literal["squared", "euclidean"] = "squared") -> None:
         self.features, self.k, self.max_clusters = features, k, max_clusters

@@ -24,6 +24,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("usl")
 class USL(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", k: int = 400,
                  lam: float | None = None, alpha: float | None = None, m_reg: float = 0.9,
                  iterations: int = 10, horizon: int | None = None,

@@ -32,6 +32,8 @@ from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strate
 
 @register_strategy("usl_t")
 class USLT(Strategy):
+    model_outputs = ("embeddings",)
+
     def __init__(self, features: FeatureKind = "auto", k: int = 20, lam: float = 0.5,
                  alpha: float = 2.5, temperature: float = 0.5, momentum: float = 0.5, threshold: float = 0.0,
                  balanced: bool = True, heads: int = 3, scale: float = 40.0, epochs: int = 100,
