@@ -54,6 +54,10 @@ class HandMadeContext:
     def rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.cycle])
 
+    def release(self, output: str, labeled: bool = False) -> None:
+        if output == "logits" and not labeled:
+            self.__dict__.pop("probs", None)
+
 
 def three_blobs(seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
     """Blobs of 41, 30 and 20 points around orthogonal directions (k-means with K = 3 finds them)."""

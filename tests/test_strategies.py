@@ -1,3 +1,5 @@
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -80,6 +82,29 @@ def test_an_output_the_strategy_did_not_declare_still_comes_from_its_own_pass(di
     expected = pool_inference(context.model, digits.inference_dataloader, context.unlabeled, torch.device("cpu"))
     assert torch.equal(embeddings, expected.embeddings)
     assert torch.allclose(probs, expected.logits.softmax(dim=-1))
+
+
+def test_budget_aware_lets_go_of_the_probabilities_before_it_clusters(digits, monkeypatch):
+    from al_lightning.strategies import budget_aware
+    logits, freed_when_clustering = [], []
+
+    def watched(model, loader_for, ids, device, outputs):
+        computed = pool_inference(model, loader_for, ids, device, outputs)
+        if computed.logits is not None:
+            logits.append(weakref.ref(computed.logits))
+        return computed
+
+    def clustering(*args, **kwargs):
+        freed_when_clustering.extend(alive() is None for alive in logits)
+        return typiclust_select(*args, **kwargs)
+
+    typiclust_select = budget_aware.typiclust_select
+    monkeypatch.setattr(base, "pool_inference", watched)
+    monkeypatch.setattr(budget_aware, "typiclust_select", clustering)
+    strategy = budget_aware.BudgetAware(features="embedding", min_per_class=0)
+    picks = strategy.select(context_for(digits, random_scores(digits.pool.size, seed=0)), 10)
+    assert len(set(picks.tolist())) == 10 and strategy.last_confident_share is not None
+    assert len(logits) == 1 and freed_when_clustering == [True]
 
 
 def test_assl_is_the_top_b_of_the_online_score_among_unlabeled(digits):

@@ -97,15 +97,16 @@ class AcquisitionContext:
         return self.pool.labels_of(self.labeled)
 
     def _model_output(self, ids_of: Literal["unlabeled", "labeled"], output: PoolOutput) -> torch.Tensor:
-        """One model output of the unlabeled (or labeled) ids, computed once. The pass that computes
-        it also computes the other outputs in ``model_outputs`` not held yet and keeps nothing else."""
+        """One model output of the unlabeled (or labeled) ids, computed once. A pass over the unlabeled
+        ids also computes the other outputs in ``model_outputs`` not held yet and keeps nothing else; one
+        over the labeled ids (a budget's size, not the pool's) only the output asked for."""
         if (ids_of, output) not in self._outputs:
             if self.model_is_random:
                 raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model "
                                          "is trained yet and none is pre-trained: run 'al-lightning pretrain' and "
                                          "set model.init_args.pretrained, or choose the strategy's features: pixels")
-            wanted = [name for name in BOTH if name == output
-                      or (name in self.model_outputs and (ids_of, name) not in self._outputs)]
+            wanted = [name for name in BOTH if name == output or (ids_of == "unlabeled" and name in self.model_outputs
+                                                                  and (ids_of, name) not in self._outputs)]
             ids = self.unlabeled if ids_of == "unlabeled" else self.labeled
             computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
             self._outputs.update({(ids_of, name): getattr(computed, name) for name in wanted})
@@ -129,6 +130,13 @@ class AcquisitionContext:
     @cached_property
     def labeled_probs(self) -> torch.Tensor:
         return softmax_rows_(self._model_output("labeled", "logits"))
+
+    def release(self, output: PoolOutput, labeled: bool = False) -> None:
+        """Drop a computed output (for ``logits``, the probabilities made of them) that the strategy
+        reads no more, so what it computes next has the memory; a later read makes another pass."""
+        self._outputs.pop(("labeled" if labeled else "unlabeled", output), None)
+        if output == "logits":
+            self.__dict__.pop("labeled_probs" if labeled else "probs", None)
 
     @property
     def num_classes(self) -> int:

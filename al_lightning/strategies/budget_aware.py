@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from al_lightning.ops import typiclust_select
-from al_lightning.strategies.base import AcquisitionContext, FeatureKind, Strategy, register_strategy
+from al_lightning.strategies.base import AcquisitionContext, FeatureKind, PoolOutput, Strategy, register_strategy
 
 
 @register_strategy("budget_aware")
@@ -71,6 +71,11 @@ class BudgetAware(Strategy):
         return (f"{self.last_rule}, {self.last_per_class:.1f} labels per class, "
                 f"confident share {self.last_confident_share:.2f}")
 
+    @property
+    def model_outputs(self) -> tuple[PoolOutput, ...]:
+        """The logits for the confident share, with the embedding when the clustering may read it."""
+        return ("embeddings", "logits") if self.features in ("auto", "embedding") else ("logits",)
+
     def confident_share(self, context: AcquisitionContext) -> float:
         """Share of the unlabeled pool the EMA teacher predicts with confidence >= ``threshold``;
         0 before any fit (a random network is confident about nothing worth trusting)."""
@@ -84,6 +89,7 @@ class BudgetAware(Strategy):
         # pre-trained features it would be the acquisition's only inference)
         enough_labels = self.last_per_class >= self.min_per_class
         self.last_confident_share = self.confident_share(context) if enough_labels else None
+        context.release("logits")  # the share is all it reads of them: the clustering gets the memory
         within = None
         self.last_rule = "typicality"
         if enough_labels and self.last_confident_share >= self.switch:
