@@ -13,9 +13,8 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("assl_div")
 class ASSLDiv(Strategy):
-    model_outputs = ("embeddings",)
-
     needs_online_scores = True
+    model_outputs = ("embeddings",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         embeddings = context.embeddings.float()
