@@ -68,6 +68,13 @@ def test_l2_normalised_stacks_parts_in_chunks_as_one_unit_length_copy():
     assert np.array_equal(unlabeled.numpy(), whole[3:]) and np.array_equal(labeled, whole[:3])  # inputs untouched
 
 
+def test_row_sq_norms_cover_every_block_and_the_empty_matrix(monkeypatch):
+    monkeypatch.setattr(ops.kcenter, "BLOCK_VALUES", 12)  # 3 rows of 4 per block: 11 rows make 4 blocks
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(11, 4)))
+    assert torch.allclose(ops.row_sq_norms(x), (x * x).sum(1), rtol=1e-12)
+    assert ops.row_sq_norms(x[:0]).shape == (0,)
+
+
 def test_badge_low_rank_distances_equal_the_materialised_embedding():
     rng = np.random.default_rng(2)
     probs = torch.softmax(torch.from_numpy(rng.normal(size=(50, 7))), 1)

@@ -156,6 +156,27 @@ def test_coreset_uses_labeled_embeddings_as_the_initial_cover(digits):
     assert picked.tolist() == context.unlabeled[rows].tolist()
 
 
+def test_assl_div_weights_the_embeddings_of_its_pass_in_place(digits, monkeypatch):
+    from al_lightning.strategies import assl_div
+    passed, seeded = [], []
+
+    def watched(model, loader_for, ids, device, outputs):
+        computed = pool_inference(model, loader_for, ids, device, outputs)
+        passed.append(computed.embeddings.data_ptr())
+        return computed
+
+    def seeding(features, *args, **kwargs):
+        seeded.append(features.data_ptr())
+        return kmeanspp(features, *args, **kwargs)
+
+    kmeanspp = assl_div.kmeanspp
+    monkeypatch.setattr(base, "pool_inference", watched)
+    monkeypatch.setattr(assl_div, "kmeanspp", seeding)
+    context = context_for(digits, random_scores(digits.pool.size, seed=3))
+    assl_div.ASSLDiv().select(context, 5)
+    assert passed == seeded and ("unlabeled", "embeddings") not in context._outputs
+
+
 def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):
     from al_lightning.ops import kmeanspp
     scores = random_scores(digits.pool.size, seed=3)

@@ -10,7 +10,7 @@ from al_lightning.ops.as3l import (constrained_seed_kmeans, finetune_features, k
 from al_lightning.ops.cdal import contextual_diversity_k_center
 from al_lightning.ops.faiss_ops import kmeans, knn_search, nearest_to_centres, range_search
 from al_lightning.ops.indexing import last_occurrence, occurrence_rank
-from al_lightning.ops.kcenter import k_center_greedy
+from al_lightning.ops.kcenter import k_center_greedy, row_sq_norms
 from al_lightning.ops.kmedoids import k_medoids
 from al_lightning.ops.kmeanspp import badge_kmeanspp, badge_pairwise_sq_distances, kmeanspp
 from al_lightning.ops.label_propagation import (conjugate_gradient, joint_label_propagation_select, knn_affinity,
@@ -25,6 +25,7 @@ __all__ = ["alfamix_candidates", "alfamix_select", "badge_kmeanspp", "badge_pair
            "contextual_diversity_k_center", "finetune_features", "joint_label_propagation_select",
            "k_center_greedy", "k_medoids", "kmeans", "kmeans_runs", "kmeanspp", "knn_affinity", "knn_density",
            "knn_search", "label_propagation", "last_occurrence", "nearest_other_label_distance",
-           "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels", "probcover_delta", "probcover_greedy",
-           "probcover_select", "purity_delta", "range_search", "stable_cluster_select", "stable_clusters",
-           "typicality", "typiclust_from_clusters", "typiclust_select", "usl_select"]
+           "nearest_to_centres", "occurrence_rank", "prior_pseudo_labels", "probcover_delta",
+           "probcover_greedy", "probcover_select", "purity_delta", "range_search", "row_sq_norms",
+           "stable_cluster_select", "stable_clusters", "typicality", "typiclust_from_clusters",
+           "typiclust_select", "usl_select"]

@@ -29,6 +29,11 @@ def _rows_per_block(x: torch.Tensor) -> int:
     return max(1, BLOCK_VALUES // max(1, x.shape[1]))
 
 
+def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of every row of ``x``, a block of rows at a time: never an n x d temporary."""
+    return torch.cat([(block * block).sum(1) for block in x.split(_rows_per_block(x))]) if len(x) else x.new_zeros(0)
+
+
 def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, rows: torch.Tensor, i: int, block: torch.Tensor
                 ) -> torch.Tensor:
     """Squared distances of ``x[rows]`` to ``x[i]``: for most rows, of every row in place and then
@@ -57,7 +62,7 @@ def k_center_greedy(features: torch.Tensor, budget: int, centres: torch.Tensor |
     x = features.float()
     n = x.shape[0]
     budget = min(budget, n)
-    x_sq = torch.cat([(block * block).sum(1) for block in x.split(_rows_per_block(x))])  # never an n x d temporary
+    x_sq = row_sq_norms(x)
     min_d2 = torch.full((n,), float("inf"), device=x.device)
     assign = torch.full((n,), -1, dtype=torch.long, device=x.device)
     centre_rows: list[torch.Tensor] = []

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from al_lightning.ops.kcenter import row_sq_norms
+
 
 def kmeanspp_from_distances(sq_distance_to: Callable[[int], torch.Tensor], n: int, budget: int, first: int,
                             rng: np.random.Generator) -> list[int]:
@@ -50,7 +52,7 @@ def kmeanspp_from_distances(sq_distance_to: Callable[[int], torch.Tensor], n: in
 def kmeanspp(features: torch.Tensor, budget: int, rng: np.random.Generator, first: int | None = None) -> list[int]:
     """k-means++ seeds on dense ``features`` (first seed uniform unless given), on their device."""
     x = features.float()
-    x_sq = (x * x).sum(1)
+    x_sq = row_sq_norms(x)
     first = int(rng.integers(len(x))) if first is None else first
     return kmeanspp_from_distances(lambda j: x_sq + x_sq[j] - 2.0 * (x @ x[j]), len(x), budget, first, rng)
 
@@ -63,13 +65,11 @@ class BadgeFactors:
 
     so a million-sample, thousand-class pool needs its probabilities and features and O(n) more."""
 
-    def __init__(self, probs: torch.Tensor, features: torch.Tensor, chunk: int = 65_536) -> None:
+    def __init__(self, probs: torch.Tensor, features: torch.Tensor) -> None:
         dtype = torch.promote_types(torch.promote_types(probs.dtype, features.dtype), torch.float32)
         self.p, self.h = probs.to(dtype), features.to(dtype).to(probs.device)
         self.y = self.p.argmax(1)
-        p_sq = torch.cat([(block * block).sum(1) for block in self.p.split(chunk)])
-        h_sq = torch.cat([(block * block).sum(1) for block in self.h.split(chunk)])
-        self.g_sq = (p_sq - 2.0 * self.p.gather(1, self.y[:, None])[:, 0] + 1.0) * h_sq
+        self.g_sq = (row_sq_norms(self.p) - 2.0 * self.p.gather(1, self.y[:, None])[:, 0] + 1.0) * row_sq_norms(self.h)
 
     def a_dot(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """``(len(rows), len(cols))`` products a_i . a_j."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from al_lightning.ops import kmeanspp
+from al_lightning.ops import kmeanspp, row_sq_norms
 from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
 
 
@@ -17,8 +17,9 @@ class ASSLDiv(Strategy):
     model_outputs = ("embeddings",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        embeddings = context.embeddings.float()
+        weighted = context.embeddings.float()
+        context.release("embeddings")  # weighted in place: the pool's embeddings are not held twice
         score = context.scores.score[torch.as_tensor(context.unlabeled, device=context.scores.score.device)]
-        weighted = embeddings * score.to(embeddings.device, torch.float32)[:, None]
-        first = int(weighted.norm(dim=1).argmax())
+        weighted.mul_(score.to(weighted.device, torch.float32)[:, None])
+        first = int(row_sq_norms(weighted).argmax())
         return context.unlabeled[kmeanspp(weighted, budget, context.rng(), first=first)]
