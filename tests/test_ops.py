@@ -293,11 +293,17 @@ def test_k_medoids_medoid_minimises_summed_distance():
     assert ops.kmedoids.cluster_medoid(pts) == brute
 
 
-def test_symmetric_kl_k_center_equals_brute_force():
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_symmetric_kl_k_center_equals_brute_force(overwrite):
     rng = np.random.default_rng(12)
     p = torch.softmax(torch.from_numpy(rng.normal(size=(60, 4)) * 2), 1)
+    p[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a zero probability: clamped to 1e-12, then renormalised
     centres = torch.softmax(torch.from_numpy(rng.normal(size=(3, 4))), 1)
-    picks = ops.contextual_diversity_k_center(p, 8, centres)
+    given = p.clone()
+    picks = ops.contextual_diversity_k_center(given, 8, centres, overwrite=overwrite)
+    clamped = p.clamp_min(1e-12) / p.clamp_min(1e-12).sum(1, keepdim=True)
+    assert torch.equal(given, clamped if overwrite else p)
+    p = clamped
 
     def skl(a, b):
         return 0.5 * float((a * (a / b).log()).sum() + (b * (b / a).log()).sum())

@@ -16,5 +16,7 @@ class CDAL(Strategy):
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         centres = context.labeled_probs if len(context.labeled) else None
         first = int(context.rng().integers(len(context.unlabeled)))
-        rows = contextual_diversity_k_center(context.probs, budget, centres, first=first)
+        probs = context.probs
+        context.release("logits")  # overwritten by the clamped distributions: not held twice
+        rows = contextual_diversity_k_center(probs, budget, centres, first=first, overwrite=True)
         return context.unlabeled[rows]
