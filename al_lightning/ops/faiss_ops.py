@@ -19,10 +19,12 @@ def as_float32(x: Any) -> np.ndarray:
 
 
 def l2_normalised(*parts: Any, chunk: int = 65_536) -> np.ndarray:
-    """The rows of ``parts`` (tensors or arrays of equal width), stacked and scaled to unit length,
-    as one new float32 array (the callers' data is left alone). Written ``chunk`` rows at a time:
-    at 1,000,000 x 512 a whole-matrix norm and a concatenation each held another 2 GB copy."""
-    width = parts[0].shape[1]
+    """The rows of ``parts`` (tensors or arrays of equal width; None parts are skipped), stacked and
+    scaled to unit length, as one new float32 array (the callers' data is left alone). Written
+    ``chunk`` rows at a time: at 1,000,000 x 512 a whole-matrix norm and a concatenation each held
+    another 2 GB copy."""
+    parts = tuple(part for part in parts if part is not None)
+    width = parts[-1].shape[1]
     out = np.empty((sum(len(part) for part in parts), width), dtype=np.float32)
     row = 0
     for part in parts:

@@ -144,7 +144,7 @@ def probcover_select(features: Any, budget: int, labeled_features: Any | None = 
     ball graph of the L2-normalised labeled + unlabeled features, and the delta used (given, or
     by purity with ``num_classes`` k-means clusters)."""
     n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = l2_normalised(features) if n_labeled == 0 else l2_normalised(labeled_features, features)
+    x = l2_normalised(labeled_features, features)
     rng = np.random.default_rng(seed)
     if delta is None:
         if num_classes is None:

@@ -190,7 +190,7 @@ def typiclust_select(features: Any, budget: int, labeled_features: Any | None = 
     labeled + unlabeled features into ``min(|L| + budget, max_clusters)`` clusters (``None``: no
     cap), then :func:`typiclust_from_clusters` (``within``: its in-cluster choice)."""
     n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = l2_normalised(features) if n_labeled == 0 else l2_normalised(labeled_features, features)
+    x = l2_normalised(labeled_features, features)
     budget = min(budget, len(features))
     if budget <= 0:
         return np.empty(0, dtype=np.int64)

@@ -89,7 +89,6 @@ class BudgetAware(Strategy):
         # pre-trained features it would be the acquisition's only inference)
         enough_labels = self.last_per_class >= self.min_per_class
         self.last_confident_share = self.confident_share(context) if enough_labels else None
-        context.release("logits")  # the share is all it reads of them: the clustering gets the memory
         within = None
         self.last_rule = "typicality"
         if enough_labels and self.last_confident_share >= self.switch:
@@ -97,7 +96,9 @@ class BudgetAware(Strategy):
             within = score[torch.as_tensor(context.unlabeled, device=score.device)].double().cpu().numpy()
             self.last_rule = "assl"
         labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        rows = typiclust_select(context.features(self.features), budget, labeled, k=self.k,
+        unlabeled = context.features(self.features)
+        context.release("logits")  # the share is all it reads of them: the clustering gets the memory
+        rows = typiclust_select(unlabeled, budget, labeled, k=self.k,
                                 max_clusters=self.max_clusters, min_cluster_size=self.min_cluster_size,
                                 distance=self.distance, seed=int(context.rng().integers(2**31)), within=within)
         return context.unlabeled[rows]
