@@ -127,8 +127,8 @@ def run_case(case: str, n: int, d: int, classes: int, labeled: int, budget: int,
     started = time.perf_counter()
     valid = True
     if case == "pool_inference":
-        embeddings, logits = pool_inference(model, pool_data.loader_for, pool.unlabeled_indices, device)
-        valid = embeddings.shape == (n - labeled, d) and logits.shape == (n - labeled, classes)
+        computed = pool_inference(model, pool_data.loader_for, pool.unlabeled_indices, device)
+        valid = computed["embeddings"].shape == (n - labeled, d) and computed["logits"].shape == (n - labeled, classes)
     else:
         context = AcquisitionContext(pool, model, pool_data.loader_for, device, scores=scores, cycle=1, seed=0)
         picks = STRATEGIES.get(case)().select(context, budget)

@@ -227,11 +227,24 @@ def entropy_row(target: float, label: int, classes: int = 3) -> list[float]:
     return p.tolist()
 
 
+class LogProbabilities(torch.nn.Module):
+    """A model whose "images" are log-probabilities: its softmax gives them back."""
+
+    fc = torch.nn.Identity()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 def ceal_context(cycle: int) -> AcquisitionContext:
     pool = ActivePool(8, 3)
     pool.label([0, 1], [2, 2])
-    context = AcquisitionContext(pool, model=None, loader_for=None, device=torch.device("cpu"), cycle=cycle)
-    context.probs = torch.tensor([
+    probs = torch.tensor([
+        [1.0, 0.0, 0.0],        # ids 0, 1: labeled
+        [1.0, 0.0, 0.0],
         entropy_row(0.01, 1),   # id 2: certain
         [0.4, 0.3, 0.3],        # id 3: the most uncertain
         entropy_row(0.098, 2),  # id 4: certain at cycle 0 (0.1), not at cycle 10 (0.0967)
@@ -239,7 +252,11 @@ def ceal_context(cycle: int) -> AcquisitionContext:
         [0.6, 0.3, 0.1],        # id 6: uncertain
         entropy_row(0.2, 0),    # id 7: above every threshold
     ], dtype=torch.float64)
-    return context
+
+    def loader_for(ids):  # one batch, through the real pool inference
+        return [{"plain": probs[torch.as_tensor(ids)].log().float()}]
+
+    return AcquisitionContext(pool, LogProbabilities(), loader_for, torch.device("cpu"), cycle=cycle)
 
 
 def test_ceal_pseudo_labels_are_the_certain_unpicked_unlabeled_ids_with_argmax_labels():

@@ -335,7 +335,8 @@ def test_parts_inside_a_fit_reset_and_save_their_state(features):
                      parts=[FeatureRealignment(queue_length=3),
                             PriorGuidance(switch_step=2, features=features, cluster_counts=[20])])
     pool_features = _pixels(dm) if features == "pixels" else \
-        pool_inference(model.inference_model, dm.inference_dataloader, np.arange(dm.pool.size), torch.device("cpu"))[0]
+        pool_inference(model.inference_model, dm.inference_dataloader, np.arange(dm.pool.size), torch.device("cpu"),
+                       outputs=("embeddings",))["embeddings"]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, limit_val_batches=0, use_distributed_sampler=False)
     trainer.fit(model, datamodule=dm)

@@ -18,20 +18,23 @@ def world() -> tuple[int, int]:
 
 
 def gather_interleaved(local: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
-    """All ``total`` rows ``(total, d)`` in item order on every rank, from each rank's rows of its
-    items ``r::world`` (``local``, possibly empty). Blocks are padded to the longest to all-gather."""
+    """All ``total`` rows (``(total, d)``, or ``(total,)`` for one value per item) in item order on
+    every rank, from each rank's rows of its items ``r::world`` (``local``, possibly empty), in
+    ``local``'s dtype. Blocks are padded to the longest to all-gather."""
     rank, size = world()
     if size == 1:
         return local
+    if local.dim() == 1:
+        return gather_interleaved(local[:, None], total, device)[:, 0]
     width = torch.tensor([local.shape[-1] if local.numel() else 0], device=device)
     dist.all_reduce(width, op=dist.ReduceOp.MAX)
     d = int(width)
     counts = [len(range(r, total, size)) for r in range(size)]
-    padded = torch.zeros(max(counts), d, device=device, dtype=torch.float32)
+    padded = torch.zeros(max(counts), d, device=device, dtype=local.dtype)
     padded[: local.shape[0]] = local.reshape(local.shape[0], d)
     blocks = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(blocks, padded)
-    out = torch.empty(total, d, device=device, dtype=torch.float32)
+    out = torch.empty(total, d, device=device, dtype=local.dtype)
     for r, block in enumerate(blocks):
         out[r::size] = block[: counts[r]]
     return out

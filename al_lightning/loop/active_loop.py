@@ -160,7 +160,7 @@ def query_batch(ids: np.ndarray, cycle: int, model: SSLMethod, datamodule: Activ
     prediction once it was trained (the initial set is picked before any fit)."""
     ids = np.asarray(ids, dtype=np.int64)
     logits = pool_inference(model.inference_model, datamodule.inference_dataloader, ids, device,
-                            outputs=("logits",)).logits
+                            outputs=("logits",))["logits"]
     probability, predicted = logits.float().softmax(dim=-1).max(dim=-1)
     if not trained:
         probability, predicted = torch.full_like(probability, float("nan")), torch.full_like(predicted, -1)
@@ -518,7 +518,7 @@ class ActiveLoop:
         targets = datamodule.test_targets()
         logits = pool_inference(model.inference_model,
                                 lambda ids: datamodule.inference_dataloader(ids, split="test"),
-                                np.arange(len(targets)), device, outputs=("logits",)).logits
+                                np.arange(len(targets)), device, outputs=("logits",))["logits"]
         return logits.argmax(dim=-1).cpu()
 
     @staticmethod

@@ -138,7 +138,7 @@ class LPSemi(SSLMethod):
         """Student features of every pool id, in id order, identical on every rank."""
         datamodule = self.trainer.datamodule
         return pool_inference(self.model, datamodule.inference_dataloader, np.arange(datamodule.pool.size),
-                              self.device, outputs=("embeddings",)).embeddings
+                              self.device, outputs=("embeddings",))["embeddings"]
 
     def propagate(self, features: Any, labeled: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(pseudo_labels, weights)`` over all rows of ``features`` (Eq. 8-10)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from al_lightning.data.pool import ActivePool
-from al_lightning.methods.inference import BOTH, PoolOutput, pool_inference
+from al_lightning.methods.inference import BOTH, OUTPUTS, PoolOutput, pool_inference
 from al_lightning.models import Backbone
 from al_lightning.pretrain.outputs import load_pool_features
 from al_lightning.registry import Registry
@@ -34,19 +34,6 @@ def softmax_rows_(logits: torch.Tensor, chunk: int = ROW_CHUNK) -> torch.Tensor:
     for block in logits.split(chunk):
         block.copy_(torch.softmax(block, dim=-1))
     return logits
-
-
-def rowwise(fn: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, chunk: int = ROW_CHUNK) -> torch.Tensor:
-    """``fn`` (one value per row) over ``chunk`` rows at a time, concatenated: its temporaries are
-    chunk x C, never n x C."""
-    if not len(rows):
-        return fn(rows)
-    return torch.cat([fn(block) for block in rows.split(chunk)])
-
-
-def entropy_rows(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of every row of ``probs``, in blocks."""
-    return rowwise(lambda p: -(p * p.clamp_min(1e-12).log()).sum(dim=-1), probs)
 
 
 class RandomNetworkError(RuntimeError):
@@ -96,40 +83,44 @@ class AcquisitionContext:
     def labeled_labels(self) -> np.ndarray:
         return self.pool.labels_of(self.labeled)
 
-    def _model_output(self, ids_of: Literal["unlabeled", "labeled"], output: PoolOutput) -> torch.Tensor:
-        """One model output of the unlabeled (or labeled) ids, computed once. A pass over the unlabeled
-        ids also computes the other outputs in ``model_outputs`` not held yet and keeps nothing else; one
-        over the labeled ids (a budget's size, not the pool's) only the output asked for."""
-        if (ids_of, output) not in self._outputs:
+    def output(self, name: PoolOutput, labeled: bool = False) -> torch.Tensor:
+        """One model output of the unlabeled (or labeled) ids, rows aligned with ``unlabeled`` (or
+        ``labeled``), computed once: ``embeddings``, ``logits`` or one of the probabilities'
+        per-sample statistics (``entropy``, ``max_probability``, ``margin``, ``predicted_class``).
+        A pass over the unlabeled ids also computes the other outputs in ``model_outputs`` not held
+        yet and keeps nothing else; one over the labeled ids (a budget's size, not the pool's) only
+        the output asked for."""
+        ids_of = "labeled" if labeled else "unlabeled"
+        if (ids_of, name) not in self._outputs:
             if self.model_is_random:
                 raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model "
                                          "is trained yet and none is pre-trained: run 'al-lightning pretrain' and "
                                          "set model.init_args.pretrained, or choose the strategy's features: pixels")
-            wanted = [name for name in BOTH if name == output or (ids_of == "unlabeled" and name in self.model_outputs
-                                                                  and (ids_of, name) not in self._outputs)]
-            ids = self.unlabeled if ids_of == "unlabeled" else self.labeled
+            wanted = [output for output in OUTPUTS if output == name or (
+                not labeled and output in self.model_outputs and (ids_of, output) not in self._outputs)]
+            ids = self.labeled if labeled else self.unlabeled
             computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
-            self._outputs.update({(ids_of, name): getattr(computed, name) for name in wanted})
-        return self._outputs[(ids_of, output)]
+            self._outputs.update({(ids_of, output): computed[output] for output in wanted})
+        return self._outputs[(ids_of, name)]
 
     @property
     def embeddings(self) -> torch.Tensor:
         """EMA-model features of the unlabeled samples, ``(n_unlabeled, d)``."""
-        return self._model_output("unlabeled", "embeddings")
+        return self.output("embeddings")
 
     @cached_property
     def probs(self) -> torch.Tensor:
         """EMA-model class probabilities of the unlabeled samples, ``(n_unlabeled, C)`` float32,
         computed in place over the inference's logits (which are not kept)."""
-        return softmax_rows_(self._model_output("unlabeled", "logits"))
+        return softmax_rows_(self.output("logits"))
 
     @property
     def labeled_embeddings(self) -> torch.Tensor:
-        return self._model_output("labeled", "embeddings")
+        return self.output("embeddings", labeled=True)
 
     @cached_property
     def labeled_probs(self) -> torch.Tensor:
-        return softmax_rows_(self._model_output("labeled", "logits"))
+        return softmax_rows_(self.output("logits", labeled=True))
 
     def release(self, output: PoolOutput, labeled: bool = False) -> None:
         """Drop a computed output (for ``logits``, the probabilities made of them) that the strategy
@@ -188,9 +179,10 @@ class Strategy:
 
     #: reads ``context.scores``: the loop refuses to start without the OnlineScoring callback
     needs_online_scores: bool = False
-    #: the model outputs ``rank_select`` reads (``embeddings``; ``logits`` for the probabilities):
-    #: one pass over the pool computes them together and keeps no other (at a million samples and a
-    #: thousand classes the logits alone are 3.7 GiB). Reading one not listed costs another pass.
+    #: the model outputs ``rank_select`` reads (``embeddings``; ``logits`` for the probabilities; a
+    #: per-sample statistic of them such as ``entropy``): one pass over the pool computes them
+    #: together and keeps no other (at a million samples and a thousand classes the logits alone are
+    #: 3.7 GiB, an entropy 8 MB). Reading one not listed costs another pass.
     model_outputs: tuple[PoolOutput, ...] = BOTH
 
     def select(self, context: AcquisitionContext, budget: int) -> np.ndarray:

@@ -73,15 +73,16 @@ class BudgetAware(Strategy):
 
     @property
     def model_outputs(self) -> tuple[PoolOutput, ...]:
-        """The logits for the confident share, with the embedding when the clustering may read it."""
-        return ("embeddings", "logits") if self.features in ("auto", "embedding") else ("logits",)
+        """The top-class probability for the confident share, with the embedding when the clustering
+        may read it."""
+        return ("embeddings", "max_probability") if self.features in ("auto", "embedding") else ("max_probability",)
 
     def confident_share(self, context: AcquisitionContext) -> float:
         """Share of the unlabeled pool the EMA teacher predicts with confidence >= ``threshold``;
         0 before any fit (a random network is confident about nothing worth trusting)."""
         if context.model_is_random:
             return 0.0
-        return float((context.probs.max(dim=-1).values >= self.threshold).double().mean())
+        return float((context.output("max_probability") >= self.threshold).double().mean())
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         self.last_per_class = len(context.labeled) / context.num_classes
@@ -97,7 +98,6 @@ class BudgetAware(Strategy):
             self.last_rule = "assl"
         labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
         unlabeled = context.features(self.features)
-        context.release("logits")  # the share is all it reads of them: the clustering gets the memory
         rows = typiclust_select(unlabeled, budget, labeled, k=self.k,
                                 max_clusters=self.max_clusters, min_cluster_size=self.min_cluster_size,
                                 distance=self.distance, seed=int(context.rng().integers(2**31)), within=within)

@@ -24,20 +24,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
-from al_lightning.strategies.base import AcquisitionContext, register_strategy, rowwise
+from al_lightning.strategies.base import AcquisitionContext, register_strategy
 from al_lightning.strategies.entropy import Entropy
-
-
-def entropy_float64(probs: torch.Tensor) -> torch.Tensor:
-    """Row entropies in float64: the threshold compares small values (0.1 log C)."""
-    p = probs.double()
-    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
 
 
 @register_strategy("ceal")
 class CEAL(Entropy):
+    #: the entropy ranks and thresholds (float64: it compares values near 0.1 log C), the predicted
+    #: class labels the certain samples; one pass computes both
+    model_outputs = ("entropy", "predicted_class")
+
     def __init__(self, delta_0: float = 0.1, decay: float = 0.00033) -> None:
         self.delta_0, self.decay = delta_0, decay
 
@@ -48,8 +45,7 @@ class CEAL(Entropy):
     def pseudo_labels(self, context: AcquisitionContext, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unlabeled ids (ascending) whose normalised entropy is at most the cycle's threshold,
         picks excluded, with their argmax labels (Eq. 7)."""
-        probs = context.probs
-        entropy = rowwise(entropy_float64, probs).cpu().numpy() / math.log(context.num_classes)
-        predicted = probs.argmax(dim=-1).cpu().numpy()
+        entropy = context.output("entropy").cpu().numpy() / math.log(context.num_classes)
+        predicted = context.output("predicted_class").cpu().numpy()
         certain = (entropy <= self.threshold(context.cycle)) & ~np.isin(context.unlabeled, picks)
         return context.unlabeled[certain], predicted[certain]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from al_lightning.strategies.base import AcquisitionContext, Strategy, entropy_rows, register_strategy, top_k
+from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy, top_k
 
 
 @register_strategy("entropy")
 class Entropy(Strategy):
-    model_outputs = ("logits",)
+    model_outputs = ("entropy",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        return top_k(context, entropy_rows(context.probs), budget)
+        return top_k(context, context.output("entropy"), budget)

@@ -9,7 +9,7 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("least_confidence")
 class LeastConfidence(Strategy):
-    model_outputs = ("logits",)
+    model_outputs = ("max_probability",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        return top_k(context, 1.0 - context.probs.max(dim=-1).values, budget)
+        return top_k(context, 1.0 - context.output("max_probability"), budget)

@@ -9,8 +9,7 @@ from al_lightning.strategies.base import AcquisitionContext, Strategy, register_
 
 @register_strategy("margin")
 class Margin(Strategy):
-    model_outputs = ("logits",)
+    model_outputs = ("margin",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        top2 = context.probs.topk(2, dim=-1).values
-        return top_k(context, -(top2[:, 0] - top2[:, 1]), budget)
+        return top_k(context, -context.output("margin"), budget)

@@ -99,7 +99,7 @@ class PriorGuidance(MethodPart):
         if self.prior_file is None and self.features == "embedding":
             # a collective over all ranks: each embeds its shard, every rank gets all rows
             features = pool_inference(method.inference_model, trainer.datamodule.inference_dataloader,
-                                      np.arange(pool_size), method.device, outputs=("embeddings",)).embeddings
+                                      np.arange(pool_size), method.device, outputs=("embeddings",))["embeddings"]
         prior = None
         if trainer is None or trainer.is_global_zero:
             prior = self._build(method, trainer, pool_size, unlabeled, features)
