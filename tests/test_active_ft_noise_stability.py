@@ -66,6 +66,32 @@ def test_active_ft_objective_decreases_on_clustered_features():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_active_ft_subsets_are_the_rows_of_pool_and_labeled_features_side_by_side():
+    """Above ``batch_size`` a step's subset is gathered from the pool and the labeled rows without
+    concatenating them: the same steps as indexing their concatenation (replayed here), bit for bit."""
+    x, _ = separated_clusters(3, 12)
+    features, fixed = F.normalize(x[:30], dim=1), F.normalize(x[30:], dim=1)
+    init = features[:4]
+    found, _ = optimise_centroids(features, init, fixed, torch.Generator().manual_seed(3), iterations=6, batch_size=11)
+    learnable, generator = init.clone(), torch.Generator().manual_seed(3)
+    optimiser = torch.optim.Adam([learnable], lr=1e-3)
+    everything = torch.cat([features, fixed])
+    for _ in range(6):
+        batch = everything[torch.randperm(len(everything), generator=generator)[:11]]
+        _, learnable.grad = active_ft_gradient(batch, learnable, fixed, 0.07, 1.0, 4096)
+        optimiser.step()
+    assert torch.equal(found, F.normalize(learnable, dim=1))
+
+
+def test_active_ft_normalising_in_place_picks_the_same_rows():
+    x, _ = separated_clusters(4, 20)
+    expected = active_ft_select(x[5:], 6, x[:5], np.random.default_rng(2), iterations=20, batch_size=50)
+    pool = x[5:].clone()
+    found = active_ft_select(pool, 6, x[:5], np.random.default_rng(2), iterations=20, batch_size=50, overwrite=True)
+    assert found.tolist() == expected.tolist()
+    assert torch.equal(pool, F.normalize(x[5:], dim=1))  # the caller's rows became the unit features
+
+
 def test_active_ft_spreads_randomly_initialised_centroids_over_the_clusters():
     x, clusters = separated_clusters(6, 40)
     covered_at_init, covered = 0, 0
@@ -91,7 +117,7 @@ def test_active_ft_fixes_labeled_centroids_and_picks_the_nearest_unchosen_unlabe
     candidates, fixed = F.normalize(unlabeled, dim=1), F.normalize(labeled, dim=1)
     init = candidates[torch.as_tensor(rng.choice(len(candidates), budget, replace=False))]
     generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-    centroids, _ = optimise_centroids(torch.cat([candidates, fixed]), init, fixed, generator, iterations=50)
+    centroids, _ = optimise_centroids(candidates, init, fixed, generator, iterations=50)
     similarity = (centroids @ candidates.T).numpy()
     expected, taken, displaced = np.full(budget, -1), set(), 0
     for c in np.lexsort((np.arange(budget), -similarity.max(1))):

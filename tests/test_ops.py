@@ -361,6 +361,26 @@ def test_knn_search_is_exact():
     assert sp.issparse(ops.knn_affinity(x, k=3))
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_flat_search_without_an_index_equals_a_faiss_flat_index_and_copies_nothing(metric):
+    """The CPU search runs on the caller's array (no 2 GB copy of a million-row base) and returns
+    what a faiss flat index over a copy returns, ties (duplicate rows) included."""
+    import faiss
+    from al_lightning.ops.faiss_ops import FlatIndex
+    rng = np.random.default_rng(15)
+    base = rng.normal(size=(3000, 24)).astype(np.float32)
+    base[1500:1600] = base[:100]  # exact ties, between far-apart rows
+    queries = np.concatenate([base[:50], rng.normal(size=(50, 24)).astype(np.float32)])
+    index = FlatIndex(base, metric)
+    assert np.shares_memory(index.base, base)
+    reference = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(24)
+    reference.add(base)
+    expected_d, expected_i = reference.search(queries, 7)
+    found_d, found_i = index.search(queries, 7)
+    assert np.array_equal(found_i, expected_i) and np.array_equal(found_d, expected_d)
+    assert found_i.dtype == np.int64 and index.search(queries, 5000)[1].shape == (100, 3000)
+
+
 def test_usl_horizon_over_all_other_clusters_equals_the_full_regulariser():
     rng = np.random.default_rng(14)
     x = rng.normal(size=(90, 3)).astype(np.float32)

@@ -191,6 +191,28 @@ def test_assl_div_weights_the_embeddings_of_its_pass_in_place(digits, monkeypatc
     assert passed == seeded and ("unlabeled", "embeddings") not in context._outputs
 
 
+def test_active_ft_normalises_the_embeddings_of_its_pass_in_place(digits, monkeypatch):
+    from al_lightning.ops import active_ft
+    passed, optimised = [], []
+
+    def watched(model, loader_for, ids, device, outputs):
+        computed = pool_inference(model, loader_for, ids, device, outputs)
+        if len(ids) == len(digits.pool.unlabeled_indices):
+            passed.append(computed["embeddings"].data_ptr())
+        return computed
+
+    def optimising(features, *args, **kwargs):
+        optimised.append(features.data_ptr())
+        return optimise_centroids(features, *args, **kwargs)
+
+    optimise_centroids = active_ft.optimise_centroids
+    monkeypatch.setattr(base, "pool_inference", watched)
+    monkeypatch.setattr(active_ft, "optimise_centroids", optimising)
+    context = context_for(digits)
+    STRATEGIES.get("active_ft")(iterations=3).select(context, 5)
+    assert passed == optimised and ("unlabeled", "embeddings") not in context._outputs
+
+
 def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):
     from al_lightning.ops import kmeanspp
     scores = random_scores(digits.pool.size, seed=3)

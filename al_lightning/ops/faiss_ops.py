@@ -51,19 +51,29 @@ def _on_device(index: faiss.Index) -> faiss.Index:
 
 
 class FlatIndex:
-    """An exact (flat) faiss index over ``base``, on the GPU when faiss-gpu sees one, built once and
-    searched as often as needed (a million-row base is 2 GB to copy per build)."""
+    """Exact (flat) kNN search over ``base``, searched as often as needed. On the CPU the base is
+    searched where it lies (``faiss.knn``, the brute-force kernel a flat index runs): a faiss index
+    would copy it, another 2 GB at a million rows of 512. With faiss-gpu and a GPU the base is
+    copied to the device once, in a flat GPU index."""
 
     def __init__(self, base: Any, metric: str = "l2") -> None:
         if metric not in ("l2", "ip"):
             raise ValueError(f"metric must be 'l2' or 'ip', got {metric!r}")
-        base = as_float32(base)
-        self.size = base.shape[0]
-        self.index = _on_device((faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(base.shape[1]))
-        self.index.add(base)
+        self.base = as_float32(base)
+        self.size = self.base.shape[0]
+        self.metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        self.index = None
+        if gpu_available():
+            self.index = _on_device((faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(self.base.shape[1]))
+            self.index.add(self.base)
+            self.base = None
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        distances, indices = self.index.search(as_float32(queries), min(k, self.size))
+        queries, k = as_float32(queries), min(k, self.size)
+        if self.index is not None:
+            distances, indices = self.index.search(queries, k)
+        else:
+            distances, indices = faiss.knn(queries, self.base, k, metric=self.metric)
         return distances, indices.astype(np.int64)
 
 
