@@ -14,6 +14,19 @@ def context_for(dm, scores=None, cycle=0, seed=0):
                               scores, cycle, seed)
 
 
+@pytest.fixture
+def passes(monkeypatch):
+    """``(number of ids, outputs)`` of every pool pass an acquisition context makes."""
+    made = []
+
+    def counted(model, loader_for, ids, device, outputs):
+        made.append((len(ids), tuple(outputs)))
+        return pool_inference(model, loader_for, ids, device, outputs)
+
+    monkeypatch.setattr(base, "pool_inference", counted)
+    return made
+
+
 def random_scores(size: int, seed: int | None) -> OnlineScoreState:
     """One observation of uniform u and i per sample (global RNG when ``seed`` is None)."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -24,16 +37,9 @@ def random_scores(size: int, seed: int | None) -> OnlineScoreState:
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
-def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name, monkeypatch):
+def test_every_strategy_returns_distinct_unlabeled_ids_deterministically(digits, name, passes, monkeypatch):
     scores = random_scores(digits.pool.size, seed=None)
     strategy = STRATEGIES.get(name)()
-    passes = []
-
-    def counted(model, loader_for, ids, device, outputs):
-        passes.append((len(ids), tuple(outputs)))
-        return pool_inference(model, loader_for, ids, device, outputs)
-
-    monkeypatch.setattr(base, "pool_inference", counted)
     torch.manual_seed(0)
     first = strategy.select(context_for(digits, scores), 15)
     monkeypatch.undo()
@@ -83,18 +89,11 @@ def test_probability_statistics_of_the_pass_equal_those_of_the_whole_probabiliti
     assert p.shape[1] == 10 and len(list(digits.inference_dataloader(ids))) > 1
 
 
-def test_an_output_the_strategy_did_not_declare_still_comes_from_its_own_pass(digits, monkeypatch):
+def test_an_output_the_strategy_did_not_declare_still_comes_from_its_own_pass(digits, passes):
     context = context_for(digits)
     context.model_outputs = ("embeddings",)
-    passes = []
-
-    def counted(model, loader_for, ids, device, outputs):
-        passes.append(tuple(outputs))
-        return pool_inference(model, loader_for, ids, device, outputs)
-
-    monkeypatch.setattr(base, "pool_inference", counted)
     embeddings, probs = context.embeddings, context.probs
-    assert passes == [("embeddings",), ("logits",)]
+    assert [outputs for _, outputs in passes] == [("embeddings",), ("logits",)]
     context.embeddings
     assert len(passes) == 2
     expected = pool_inference(context.model, digits.inference_dataloader, context.unlabeled, torch.device("cpu"))
@@ -103,16 +102,9 @@ def test_an_output_the_strategy_did_not_declare_still_comes_from_its_own_pass(di
 
 
 @pytest.mark.parametrize("name", ["entropy", "least_confidence", "margin", "ceal", "budget_aware"])
-def test_probability_strategies_never_compute_the_pools_logits(digits, name, monkeypatch):
+def test_probability_strategies_never_compute_the_pools_logits(digits, name, passes):
     """They rank by one value per sample, reduced inside the pass: the n x C logits (3.7 GiB at a
     million samples and a thousand classes) are never made."""
-    passes = []
-
-    def counted(model, loader_for, ids, device, outputs):
-        passes.append((len(ids), tuple(outputs)))
-        return pool_inference(model, loader_for, ids, device, outputs)
-
-    monkeypatch.setattr(base, "pool_inference", counted)
     strategy = STRATEGIES.get(name)(min_per_class=0) if name == "budget_aware" else STRATEGIES.get(name)()
     context = context_for(digits, random_scores(digits.pool.size, seed=0), cycle=1)
     picks = strategy.select(context, 10)
@@ -170,30 +162,18 @@ def test_coreset_uses_labeled_embeddings_as_the_initial_cover(digits):
     assert picked.tolist() == context.unlabeled[rows].tolist()
 
 
-def test_assl_div_weights_the_embeddings_of_its_pass_in_place(digits, monkeypatch):
-    from al_lightning.strategies import assl_div
-    passed, seeded = [], []
-
-    def watched(model, loader_for, ids, device, outputs):
-        computed = pool_inference(model, loader_for, ids, device, outputs)
-        passed.append(computed["embeddings"].data_ptr())
-        return computed
-
-    def seeding(features, *args, **kwargs):
-        seeded.append(features.data_ptr())
-        return kmeanspp(features, *args, **kwargs)
-
-    kmeanspp = assl_div.kmeanspp
-    monkeypatch.setattr(base, "pool_inference", watched)
-    monkeypatch.setattr(assl_div, "kmeanspp", seeding)
-    context = context_for(digits, random_scores(digits.pool.size, seed=3))
-    assl_div.ASSLDiv().select(context, 5)
-    assert passed == seeded and ("unlabeled", "embeddings") not in context._outputs
-
-
-def test_active_ft_normalises_the_embeddings_of_its_pass_in_place(digits, monkeypatch):
-    from al_lightning.ops import active_ft
-    passed, optimised = [], []
+@pytest.mark.parametrize("name, module, consumer, kwargs", [
+    ("assl_div", "al_lightning.strategies.assl_div", "kmeanspp", {}),  # weights them in place
+    ("active_ft", "al_lightning.ops.active_ft", "optimise_centroids", {"iterations": 3}),  # normalises them
+])
+def test_strategies_that_rewrite_the_embeddings_of_their_pass_work_on_its_storage(digits, monkeypatch, name, module,
+                                                                                  consumer, kwargs):
+    """The pool's embeddings are not held twice: the pass's storage reaches the kernel and the
+    context no longer holds it."""
+    import importlib
+    owner = importlib.import_module(module)
+    original = getattr(owner, consumer)
+    passed, consumed = [], []
 
     def watched(model, loader_for, ids, device, outputs):
         computed = pool_inference(model, loader_for, ids, device, outputs)
@@ -201,16 +181,15 @@ def test_active_ft_normalises_the_embeddings_of_its_pass_in_place(digits, monkey
             passed.append(computed["embeddings"].data_ptr())
         return computed
 
-    def optimising(features, *args, **kwargs):
-        optimised.append(features.data_ptr())
-        return optimise_centroids(features, *args, **kwargs)
+    def consuming(features, *args, **kw):
+        consumed.append(features.data_ptr())
+        return original(features, *args, **kw)
 
-    optimise_centroids = active_ft.optimise_centroids
     monkeypatch.setattr(base, "pool_inference", watched)
-    monkeypatch.setattr(active_ft, "optimise_centroids", optimising)
-    context = context_for(digits)
-    STRATEGIES.get("active_ft")(iterations=3).select(context, 5)
-    assert passed == optimised and ("unlabeled", "embeddings") not in context._outputs
+    monkeypatch.setattr(owner, consumer, consuming)
+    context = context_for(digits, random_scores(digits.pool.size, seed=3))
+    STRATEGIES.get(name)(**kwargs).select(context, 5)
+    assert passed == consumed and ("unlabeled", "embeddings") not in context._outputs
 
 
 def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):

@@ -45,7 +45,6 @@ PROBABILITY_STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "margin": _margin,  # top-1 minus top-2 probability
     "predicted_class": lambda p: p.argmax(dim=-1),  # int64
 }
-_DTYPES = {"entropy": torch.float64, "predicted_class": torch.int64}
 OUTPUTS: tuple[PoolOutput, ...] = (*BOTH, *PROBABILITY_STATISTICS)  # type: ignore[assignment]
 
 
@@ -93,10 +92,15 @@ def embed_and_classify(model: Backbone, loader: DataLoader, device: torch.device
     model.train(was_training)
     if start != total:
         raise RuntimeError(f"the pool loader gave {start} items for a dataset of {total}")
-    # no items (a rank of a short id list): empty rows of the right rank and dtype for the gather
-    return {name: kept[name] if name in kept else torch.empty((0,) if name in PROBABILITY_STATISTICS else (0, 0),
-                                                             dtype=_DTYPES.get(name, torch.float32), device=device)
-            for name in outputs}
+    return {name: kept[name] if name in kept else _no_rows(name, device) for name in outputs}
+
+
+def _no_rows(name: str, device: torch.device) -> torch.Tensor:
+    """An output of no items (a rank of a short id list) in the rank and dtype the gather expects:
+    a statistic's own, taken of no probabilities."""
+    if name in PROBABILITY_STATISTICS:
+        return PROBABILITY_STATISTICS[name](torch.empty(0, 2, device=device))
+    return torch.empty(0, 0, device=device)
 
 
 def pool_inference(model: Backbone, loader_for: Callable[[np.ndarray], DataLoader], indices: Any,

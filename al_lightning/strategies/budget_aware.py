@@ -97,8 +97,7 @@ class BudgetAware(Strategy):
             within = score[torch.as_tensor(context.unlabeled, device=score.device)].double().cpu().numpy()
             self.last_rule = "assl"
         labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        unlabeled = context.features(self.features)
-        rows = typiclust_select(unlabeled, budget, labeled, k=self.k,
+        rows = typiclust_select(context.features(self.features), budget, labeled, k=self.k,
                                 max_clusters=self.max_clusters, min_cluster_size=self.min_cluster_size,
                                 distance=self.distance, seed=int(context.rng().integers(2**31)), within=within)
         return context.unlabeled[rows]
