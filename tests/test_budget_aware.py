@@ -51,6 +51,9 @@ class HandMadeContext:
             raise RandomNetworkError("random network")
         return self.all[torch.from_numpy(self.labeled if labeled else self.unlabeled)]
 
+    def stacked_features(self, kind: str) -> tuple[torch.Tensor, int]:
+        return torch.cat([self.features(kind, labeled=True), self.features(kind)]), len(self.labeled)
+
     def rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.cycle])
 

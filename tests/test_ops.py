@@ -68,6 +68,19 @@ def test_l2_normalised_stacks_parts_in_chunks_as_one_unit_length_copy():
     assert np.array_equal(unlabeled.numpy(), whole[3:]) and np.array_equal(labeled, whole[:3])  # inputs untouched
 
 
+def test_l2_normalised_overwrite_scales_a_float32_part_where_it_lies():
+    rng = np.random.default_rng(7)
+    rows = rng.normal(size=(11, 4)).astype(np.float32)
+    rows[2] = 0.0
+    copy = ops.faiss_ops.l2_normalised(rows, chunk=4)
+    for given in (rows.copy(), torch.from_numpy(rows.copy())):
+        out = ops.faiss_ops.l2_normalised(given, chunk=4, overwrite=True)
+        assert np.shares_memory(out, np.asarray(given)) and np.array_equal(out, copy)
+    doubles = rows.astype(np.float64)  # not float32: normalised into a copy, the input untouched
+    out = ops.faiss_ops.l2_normalised(doubles, overwrite=True)
+    assert not np.shares_memory(out, doubles) and np.array_equal(doubles, rows.astype(np.float64))
+
+
 def test_row_sq_norms_cover_every_block_and_the_empty_matrix(monkeypatch):
     monkeypatch.setattr(ops.kcenter, "BLOCK_VALUES", 12)  # 3 rows of 4 per block: 11 rows make 4 blocks
     x = torch.from_numpy(np.random.default_rng(6).normal(size=(11, 4)))

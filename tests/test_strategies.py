@@ -110,7 +110,8 @@ def test_probability_strategies_never_compute_the_pools_logits(digits, name, pas
     picks = strategy.select(context, 10)
     strategy.pseudo_labels(context, picks)
     assert passes and all("logits" not in outputs for _, outputs in passes), passes
-    assert [n for n, _ in passes].count(len(context.unlabeled)) == 1, passes
+    # one pass over the pool (BudgetAware's also covers the labeled ids: its stacked features)
+    assert sum(n >= len(context.unlabeled) for n, _ in passes) == 1, passes
 
 
 def test_assl_is_the_top_b_of_the_online_score_among_unlabeled(digits):
@@ -162,13 +163,24 @@ def test_coreset_uses_labeled_embeddings_as_the_initial_cover(digits):
     assert picked.tolist() == context.unlabeled[rows].tolist()
 
 
+def address(rows) -> int:
+    return rows.data_ptr() if isinstance(rows, torch.Tensor) else rows.__array_interface__["data"][0]
+
+
 @pytest.mark.parametrize("name, module, consumer, kwargs", [
     ("assl_div", "al_lightning.strategies.assl_div", "kmeanspp", {}),  # weights them in place
     ("active_ft", "al_lightning.ops.active_ft", "optimise_centroids", {"iterations": 3}),  # normalises them
+    ("usl", "al_lightning.ops.usl", "knn_density", {"k": 20}),
+    # labeled and unlabeled rows stacked by the pass itself, then normalised in place
+    ("typiclust", "al_lightning.ops.typiclust", "kmeans", {"features": "embedding"}),
+    ("budget_aware", "al_lightning.ops.typiclust", "kmeans", {"features": "embedding", "min_per_class": 0}),
+    ("probcover", "al_lightning.ops.probcover", "ball_graph", {"features": "embedding"}),
+    ("jlp", "al_lightning.ops.label_propagation", "knn_search", {"k": 10}),
 ])
 def test_strategies_that_rewrite_the_embeddings_of_their_pass_work_on_its_storage(digits, monkeypatch, name, module,
                                                                                   consumer, kwargs):
-    """The pool's embeddings are not held twice: the pass's storage reaches the kernel and the
+    """The pool's embeddings are not held twice: the storage of the one pass over the pool (over
+    the labeled and unlabeled ids for the strategies that stack them) reaches the kernel, and the
     context no longer holds it."""
     import importlib
     owner = importlib.import_module(module)
@@ -177,19 +189,46 @@ def test_strategies_that_rewrite_the_embeddings_of_their_pass_work_on_its_storag
 
     def watched(model, loader_for, ids, device, outputs):
         computed = pool_inference(model, loader_for, ids, device, outputs)
-        if len(ids) == len(digits.pool.unlabeled_indices):
-            passed.append(computed["embeddings"].data_ptr())
+        if len(ids) >= len(digits.pool.unlabeled_indices):
+            passed.append(address(computed["embeddings"]))
         return computed
 
     def consuming(features, *args, **kw):
-        consumed.append(features.data_ptr())
+        consumed.append(address(features))
         return original(features, *args, **kw)
 
     monkeypatch.setattr(base, "pool_inference", watched)
     monkeypatch.setattr(owner, consumer, consuming)
-    context = context_for(digits, random_scores(digits.pool.size, seed=3))
+    context = context_for(digits, random_scores(digits.pool.size, seed=3), cycle=1)
     STRATEGIES.get(name)(**kwargs).select(context, 5)
-    assert passed == consumed and ("unlabeled", "embeddings") not in context._outputs
+    assert len(passed) == 1 and consumed[:1] == passed, (passed, consumed)
+    assert ("unlabeled", "embeddings") not in context._outputs
+
+
+def test_stacked_features_come_from_one_pass_labeled_rows_first_and_stay_with_the_caller(digits, passes):
+    context = context_for(digits)
+    context.model_outputs = ("embeddings", "max_probability")
+    stacked, n_labeled = context.stacked_features("embedding")
+    labeled, unlabeled = context.labeled, context.unlabeled
+    assert n_labeled == len(labeled) > 0
+    assert passes == [(len(labeled) + len(unlabeled), ("embeddings", "max_probability"))]
+    apart = {ids_of: pool_inference(context.model, digits.inference_dataloader, ids, torch.device("cpu"),
+                                    outputs=("embeddings", "max_probability"))
+             for ids_of, ids in (("labeled", labeled), ("unlabeled", unlabeled))}
+    assert torch.allclose(stacked, torch.cat([apart["labeled"]["embeddings"], apart["unlabeled"]["embeddings"]]),
+                          atol=1e-5)
+    # the pass's other outputs stay with the context, the embeddings do not: a later read is a new pass
+    assert torch.allclose(context.output("max_probability"), apart["unlabeled"]["max_probability"], atol=1e-6)
+    assert len(passes) == 1 and not {key for key in context._outputs if key[1] == "embeddings"}
+    stacked.zero_()  # the caller's to overwrite
+    assert torch.allclose(context.embeddings, apart["unlabeled"]["embeddings"], atol=1e-5) and len(passes) == 2
+    # embeddings held already are stacked as they are, no pass
+    again, _ = context.stacked_features("embedding")
+    assert len(passes) == 3 and passes[-1][0] == len(labeled)  # only the labeled ids' embeddings were missing
+    assert torch.allclose(again, torch.cat([apart["labeled"]["embeddings"], apart["unlabeled"]["embeddings"]]),
+                          atol=1e-5)
+    pixels, n_labeled = context.stacked_features("pixels")
+    assert torch.equal(pixels, torch.cat([context.features("pixels", labeled=True), context.features("pixels")]))
 
 
 def test_assl_div_is_kmeanspp_on_score_weighted_embeddings(digits):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from al_lightning import ops
@@ -55,6 +56,9 @@ class FakeContext:
     def features(self, kind: str, labeled: bool = False) -> torch.Tensor:
         assert kind == "pixels"
         return self.all[torch.as_tensor(self.labeled if labeled else self.unlabeled)]
+
+    def stacked_features(self, kind: str) -> tuple[torch.Tensor, int]:
+        return torch.cat([self.features(kind, labeled=True), self.features(kind)]), len(self.labeled)
 
     def rng(self) -> np.random.Generator:
         return np.random.default_rng([self.seed, 0])
@@ -129,14 +133,14 @@ def test_first_pick_is_the_most_typical_point_of_the_biggest_blob_without_a_labe
     x, blob = blobs([61, 40, 20])
     labeled_row = 0  # a member of the biggest blob
     unlabeled = np.arange(1, len(x))
-    picks = ops.typiclust_select(x[unlabeled], 2, x[[labeled_row]], seed=0)
+    picks = ops.typiclust_select(x, 2, n_labeled=1, seed=0)  # row 0 first: the labeled one
     rows = unlabeled[picks]
     assert blob[rows].tolist() == [1, 2]  # the 40-blob, then the 20-blob; the labeled 61-blob last
     for b, row in zip([1, 2], rows):  # k = min(20, half the cluster): 20 in the 40-blob, 10 in the 20-blob
         assert row == most_typical_member(x, np.flatnonzero(blob == b))
     # capped at 3 clusters, a budget of 4 wraps around: the labeled blob, then the 40-blob again,
     # whose typicality is recomputed without the first pick (and the labeled sample never counts)
-    rows4 = unlabeled[ops.typiclust_select(x[unlabeled], 4, x[[labeled_row]], max_clusters=3, seed=0)]
+    rows4 = unlabeled[ops.typiclust_select(x, 4, n_labeled=1, max_clusters=3, seed=0)]
     assert rows4[:2].tolist() == rows.tolist() and blob[rows4].tolist() == [1, 2, 0, 1]
     assert rows4[2] == most_typical_member(x, np.flatnonzero(blob == 0)[1:])
     assert rows4[3] == most_typical_member(x, np.setdiff1d(np.flatnonzero(blob == 1), rows[:1]))
@@ -189,6 +193,48 @@ def test_ball_graph_holds_exactly_the_pairs_strictly_within_delta():
     assert graph.diagonal().all()  # every ball holds its centre
 
 
+def test_range_search_on_the_callers_array_equals_a_faiss_flat_index():
+    """The CPU search runs faiss's kernel on the caller's base without copying it into an index,
+    and returns what a flat index over a copy returns: lists, order and exact ties included."""
+    import faiss
+    rng = np.random.default_rng(12)
+    base = unit(rng.normal(size=(1500, 16))).astype(np.float32)
+    base[700:760] = base[:60]  # duplicates: equal distances from every query
+    queries = np.concatenate([base[:40], unit(rng.normal(size=(40, 16))).astype(np.float32)])
+    index = faiss.IndexFlatL2(16)
+    index.add(base)
+    for radius in (0.9, 1.2):
+        lims, _, found = index.range_search(queries, radius**2)
+        indptr, indices = ops.range_search(base, radius, queries, chunk=32)  # several query chunks
+        assert np.array_equal(indptr, lims) and np.array_equal(indices, found)
+    indptr, indices = ops.range_search(base, 0.0)
+    assert not indptr.any() and len(indptr) == 1501 and len(indices) == 0
+
+
+@pytest.mark.parametrize("block_distances", [90 * 90, 90 * 7, 1], ids=["one-block", "7-queries", "1-query"])
+def test_range_search_blocks_hold_exactly_the_pairs_strictly_within_delta(block_distances):
+    """The device route (torch blocks; faiss has no GPU range search), run on the CPU: the balls of
+    the dense distances, each query's neighbours ascending, for queries apart from the base too."""
+    from al_lightning.ops.faiss_ops import range_search_blocks
+    rng = np.random.default_rng(13)
+    x = unit(rng.normal(size=(90, 3))).astype(np.float32)
+    d = dense_distances(x)
+    delta = gap_delta(d, 0.5)
+    indptr, indices = range_search_blocks(x, delta, x, torch.device("cpu"), block_distances)
+    graph = sp.csr_matrix((np.ones(len(indices), dtype=bool), indices, indptr), shape=(90, 90))
+    assert np.array_equal(graph.toarray(), d < delta)
+    assert all((np.diff(indices[indptr[i]:indptr[i + 1]]) > 0).all() for i in range(90))
+    queries = unit(rng.normal(size=(11, 3))).astype(np.float32)
+    far = np.sqrt(((queries[:, None].astype(np.float64) - x[None]) ** 2).sum(-1))
+    radius = float(np.median(far))
+    assert np.abs(far - radius).min() > 1e-4  # no pair on the edge
+    indptr, indices = range_search_blocks(x, radius, queries, torch.device("cpu"), block_distances)
+    assert [sorted(indices[indptr[i]:indptr[i + 1]].tolist()) for i in range(11)] == \
+        [np.flatnonzero(row < radius).tolist() for row in far]
+    indptr, indices = range_search_blocks(x, 0.0, x, torch.device("cpu"), block_distances)
+    assert not indptr.any() and len(indptr) == 91 and len(indices) == 0
+
+
 @pytest.mark.parametrize("n_labeled", [0, 6])
 def test_greedy_coverage_matches_a_brute_force_max_coverage(n_labeled):
     x = unit(np.random.default_rng(5).normal(size=(120, 3))).astype(np.float32)
@@ -198,7 +244,7 @@ def test_greedy_coverage_matches_a_brute_force_max_coverage(n_labeled):
     got = ops.probcover_greedy(ops.ball_graph(x, delta), n_labeled, 60, np.random.default_rng(0))
     assert got[:len(expected)].tolist() == expected
     assert len(got) == 60 and len(set(got.tolist())) == 60 and got.max() < len(x) - n_labeled
-    rows, used = ops.probcover_select(x[n_labeled:], 10, x[:n_labeled] if n_labeled else None, delta=delta)
+    rows, used = ops.probcover_select(x, 10, n_labeled, delta=delta)
     assert used == delta and rows.tolist() == expected[:10]
 
 
@@ -209,7 +255,7 @@ def test_labeled_samples_cover_their_balls_first():
     first = ops.probcover_select(x, 1, delta=delta)[0]
     assert blob[first].tolist() == [0]
     # a labeled sample in the biggest blob covers it: the 20-blob, then the 10-blob are next
-    rows = 1 + ops.probcover_select(x[1:], 2, x[:1], delta=delta)[0]
+    rows = 1 + ops.probcover_select(x, 2, n_labeled=1, delta=delta)[0]
     assert blob[rows].tolist() == [1, 2]
 
 
@@ -221,7 +267,7 @@ def test_once_everything_is_covered_the_rest_is_random_distinct_unlabeled_and_se
     assert np.array_equal(rows, ops.probcover_select(x, 10, delta=2.5, seed=1)[0])
     assert not np.array_equal(rows, ops.probcover_select(x, 10, delta=2.5, seed=2)[0])
     # labeled samples that already cover everything: every pick is random, none of them labeled
-    rows, _ = ops.probcover_select(x[5:], 35, x[:5], delta=2.5, seed=1)
+    rows, _ = ops.probcover_select(x, 35, n_labeled=5, delta=2.5, seed=1)
     assert sorted(rows.tolist()) == list(range(35))
 
 

@@ -18,12 +18,19 @@ def as_float32(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def l2_normalised(*parts: Any, chunk: int = 65_536) -> np.ndarray:
+def l2_normalised(*parts: Any, chunk: int = 65_536, overwrite: bool = False) -> np.ndarray:
     """The rows of ``parts`` (tensors or arrays of equal width; None parts are skipped), stacked and
     scaled to unit length, as one new float32 array (the callers' data is left alone). Written
     ``chunk`` rows at a time: at 1,000,000 x 512 a whole-matrix norm and a concatenation each held
-    another 2 GB copy."""
+    another 2 GB copy. With ``overwrite`` and one part already float32 (a contiguous array or a CPU
+    tensor), its rows are scaled where they lie and its storage is returned: no copy at all."""
     parts = tuple(part for part in parts if part is not None)
+    if overwrite and len(parts) == 1:
+        out = as_float32(parts[0])
+        for start in range(0, len(out), chunk):
+            block = out[start:start + chunk]
+            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        return out
     width = parts[-1].shape[1]
     out = np.empty((sum(len(part) for part in parts), width), dtype=np.float32)
     row = 0
@@ -143,20 +150,60 @@ def range_search(base: Any, radius: float, queries: Any | None = None, chunk: in
     """Every row of ``base`` at Euclidean distance strictly below ``radius`` from each query row
     (``queries`` defaults to ``base``, where each row finds itself), as CSR arrays ``(indptr (q + 1,)
     int64, indices)``: the neighbours of query i are ``indices[indptr[i]:indptr[i + 1]]``, in no
-    promised order. Exact, on the CPU (faiss has no GPU range search), over query chunks so no
-    q x n block is ever held; memory is the number of pairs found. Indices are int32 when they fit."""
+    promised order. Exact, over query chunks so no q x n block is ever held; memory is the number of
+    pairs found. On the CPU, faiss's brute-force kernel on the caller's arrays (the one a flat
+    index runs, without copying the base into one); faiss has no GPU range search, so with a GPU
+    the distances are torch blocks on the device (:func:`range_search_blocks`). Indices are int32
+    when they fit."""
     base = as_float32(base)
     queries = base if queries is None else as_float32(queries)
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
+    if torch.cuda.is_available():
+        return range_search_blocks(base, radius, queries, torch.device("cuda"))
     dtype = np.int32 if base.shape[0] < 2**31 else np.int64
     counts, parts = [np.zeros(1, dtype=np.int64)], []
     if radius > 0:
         for start in range(0, queries.shape[0], chunk):
-            lims, _, found = index.range_search(queries[start:start + chunk], float(radius) ** 2)
-            counts.append(np.diff(lims).astype(np.int64))
-            parts.append(found.astype(dtype))
+            block = np.ascontiguousarray(queries[start:start + chunk])
+            result = faiss.RangeSearchResult(len(block))
+            faiss.range_search_L2sqr(faiss.swig_ptr(block), faiss.swig_ptr(base), base.shape[1], len(block),
+                                     base.shape[0], float(radius) ** 2, result)
+            lims = faiss.rev_swig_ptr(result.lims, len(block) + 1).astype(np.int64)
+            counts.append(np.diff(lims))
+            parts.append(faiss.rev_swig_ptr(result.labels, int(lims[-1])).astype(dtype))
     else:  # an empty ball: faiss could still report a self-distance rounded below zero
         counts.append(np.zeros(queries.shape[0], dtype=np.int64))
-    indptr = np.cumsum(np.concatenate(counts))
-    return indptr, np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+    return np.cumsum(np.concatenate(counts)), np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+#: the most squared distances a block of :func:`range_search_blocks` holds (1 GiB of float32)
+BLOCK_DISTANCES = 2**28
+
+
+def range_search_blocks(base: np.ndarray, radius: float, queries: np.ndarray, device: torch.device,
+                        block_distances: int = BLOCK_DISTANCES) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`range_search` as torch blocks on ``device``: squared distances
+    ||q||^2 + ||b||^2 - 2 q.b of a block of queries against the whole base (the expansion faiss's
+    kernel uses), kept where strictly below ``radius**2``; neighbours of a query in ascending order.
+    Matrix products run in full float32 (no TF32), so the balls are those of the CPU kernel up to
+    float rounding at the boundary."""
+    dtype = torch.int32 if base.shape[0] < 2**31 else torch.int64
+    b = torch.from_numpy(base).to(device)
+    q = b if queries is base else torch.from_numpy(queries).to(device)
+    b_sq = (b * b).sum(1)
+    q_sq = b_sq if q is b else (q * q).sum(1)
+    rows = max(1, block_distances // max(1, len(b)))
+    counts, parts = [torch.zeros(1, dtype=torch.int64)], []
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for start in range(0, len(q) if radius > 0 else 0, rows):
+            d2 = torch.addmm(b_sq[None, :], q[start:start + rows], b.T, alpha=-2.0)
+            inside = d2.add_(q_sq[start:start + rows, None]) < float(radius) ** 2
+            counts.append(inside.sum(1).cpu())
+            parts.append(inside.nonzero()[:, 1].to(dtype).cpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    if radius <= 0:
+        counts.append(torch.zeros(len(q), dtype=torch.int64))
+    indptr = torch.cumsum(torch.cat(counts), 0).numpy()
+    return indptr, torch.cat(parts).numpy() if parts else np.empty(0, dtype=np.int32 if dtype == torch.int32 else np.int64)

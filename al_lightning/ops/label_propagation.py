@@ -35,12 +35,14 @@ from al_lightning.ops.faiss_ops import l2_normalised, knn_search
 Graph = Literal["union", "mutual"]
 
 
-def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0, graph: Graph = "union") -> sp.csr_matrix:
+def knn_affinity(features: Any, k: int = 50, gamma: float = 3.0, graph: Graph = "union",
+                 overwrite: bool = False) -> sp.csr_matrix:
     """The symmetrically normalised affinity ``W_n`` (n x n, sparse, zero diagonal) of the ``union``
-    or ``mutual`` kNN graph (see the module docstring)."""
+    or ``mutual`` kNN graph (see the module docstring). ``overwrite``: normalise ``features`` in
+    place (float32) instead of a copy."""
     if graph not in ("union", "mutual"):
         raise ValueError(f"graph must be 'union' or 'mutual', got {graph!r}")
-    x = l2_normalised(features)
+    x = l2_normalised(features, overwrite=overwrite)
     n = x.shape[0]
     sims, nbrs = knn_search(x, x, min(k + 1, n), metric="ip")
     rows = np.repeat(np.arange(n), nbrs.shape[1])
@@ -143,13 +145,13 @@ def label_propagation(features: Any, labeled: np.ndarray, labels: np.ndarray, nu
 
 def joint_label_propagation_select(features: Any, labeled: np.ndarray, candidates: np.ndarray, budget: int,
                                    k: int = 50, alpha: float = 0.99, gamma: float = 3.0, max_iter: int = 20,
-                                   device: str | torch.device = "cpu") -> list[int]:
+                                   device: str | torch.device = "cpu", overwrite: bool = False) -> list[int]:
     """jLP (Eq. 12): greedily acquire the candidate least similar on the manifold to every labeled
     or already-acquired sample, ``argmin_i h(delta(L))_i``. h is linear, so adding a pick adds the
     propagation of its indicator: one CG solve per pick, none of the earlier ones repeated. On a
     CUDA ``device`` the solves run there (a 10,000-pick batch on a million-node graph is 200,000
-    sparse products); on the CPU, scipy's."""
-    w_n = knn_affinity(features, k, gamma)
+    sparse products); on the CPU, scipy's. ``overwrite``: the graph normalises ``features`` in place."""
+    w_n = knn_affinity(features, k, gamma, overwrite=overwrite)
     n = w_n.shape[0]
     if torch.device(device).type == "cuda":
         graph = torch_sparse(w_n, device)

@@ -130,25 +130,29 @@ def probcover_delta(features: Any, num_classes: int, alpha: float = 0.95, seed: 
                     grid: Sequence[float] | None = None) -> float:
     """The paper's delta: k-means (K = ``num_classes``) pseudo-labels of the L2-normalised
     ``features``, then :func:`purity_delta`."""
-    x = l2_normalised(features)
+    return _purity_delta_of_normalised(l2_normalised(features), num_classes, alpha, seed, grid)
+
+
+def _purity_delta_of_normalised(x: np.ndarray, num_classes: int, alpha: float, seed: int,
+                                grid: Sequence[float] | None) -> float:
     if num_classes < 2:
         raise ValueError(f"choosing delta by purity needs at least 2 classes, got {num_classes}")
     _, pseudo = kmeans(x, min(num_classes, x.shape[0]), seed=seed)
     return purity_delta(x, pseudo, alpha, grid)
 
 
-def probcover_select(features: Any, budget: int, labeled_features: Any | None = None, delta: float | None = None,
+def probcover_select(features: Any, budget: int, n_labeled: int = 0, delta: float | None = None,
                      num_classes: int | None = None, alpha: float = 0.95, seed: int = 0,
-                     grid: Sequence[float] | None = None) -> tuple[np.ndarray, float]:
-    """``(rows, delta)``: ``budget`` distinct rows of the unlabeled ``features`` by Alg. 1 on the
-    ball graph of the L2-normalised labeled + unlabeled features, and the delta used (given, or
-    by purity with ``num_classes`` k-means clusters)."""
-    n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = l2_normalised(labeled_features, features)
+                     grid: Sequence[float] | None = None, overwrite: bool = False) -> tuple[np.ndarray, float]:
+    """``(rows, delta)``: ``budget`` distinct unlabeled rows (0-based among the unlabeled) by Alg. 1
+    on the ball graph of the L2-normalised ``features``, whose first ``n_labeled`` rows are the
+    labeled samples', and the delta used (given, or by purity with ``num_classes`` k-means
+    clusters). ``overwrite``: normalise ``features`` in place (float32) instead of a copy."""
+    x = l2_normalised(features, overwrite=overwrite)
     rng = np.random.default_rng(seed)
     if delta is None:
         if num_classes is None:
             raise ValueError("ProbCover needs delta or num_classes (to choose delta by purity)")
-        delta = probcover_delta(x, num_classes, alpha, seed=int(rng.integers(2**31)), grid=grid)
+        delta = _purity_delta_of_normalised(x, num_classes, alpha, int(rng.integers(2**31)), grid)
     delta = min(float(delta), 2.0 + 1e-6)  # unit vectors: a ball of radius > 2 already holds everything
     return probcover_greedy(ball_graph(x, delta), n_labeled, budget, rng), delta

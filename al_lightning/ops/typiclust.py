@@ -182,16 +182,17 @@ def typiclust_from_clusters(x: Any, assign: np.ndarray, n_labeled: int, budget: 
     return np.asarray(picks, dtype=np.int64)
 
 
-def typiclust_select(features: Any, budget: int, labeled_features: Any | None = None, k: int = K_NN,
+def typiclust_select(features: Any, budget: int, n_labeled: int = 0, k: int = K_NN,
                      max_clusters: int | None = MAX_NUM_CLUSTERS, min_cluster_size: int = MIN_CLUSTER_SIZE,
                      distance: Distance = "squared", seed: int = 0, kmeans_iterations: int = 20,
-                     within: np.ndarray | None = None) -> np.ndarray:
-    """``budget`` distinct rows of the unlabeled ``features``: k-means of the L2-normalised
-    labeled + unlabeled features into ``min(|L| + budget, max_clusters)`` clusters (``None``: no
-    cap), then :func:`typiclust_from_clusters` (``within``: its in-cluster choice)."""
-    n_labeled = 0 if labeled_features is None else len(labeled_features)
-    x = l2_normalised(labeled_features, features)
-    budget = min(budget, len(features))
+                     within: np.ndarray | None = None, overwrite: bool = False) -> np.ndarray:
+    """``budget`` distinct unlabeled rows (0-based among the unlabeled) of ``features``, whose first
+    ``n_labeled`` rows are the labeled samples': k-means of the L2-normalised rows into
+    ``min(|L| + budget, max_clusters)`` clusters (``None``: no cap), then
+    :func:`typiclust_from_clusters` (``within``: its in-cluster choice). ``overwrite``: normalise
+    ``features`` in place (float32) instead of a copy of the pool."""
+    x = l2_normalised(features, overwrite=overwrite)
+    budget = min(budget, len(x) - n_labeled)
     if budget <= 0:
         return np.empty(0, dtype=np.int64)
     m = n_labeled + budget if max_clusters is None else min(n_labeled + budget, max_clusters)

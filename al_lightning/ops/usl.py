@@ -111,10 +111,11 @@ def usl_regularised_picks(x: np.ndarray, utility: np.ndarray, assign: np.ndarray
 
 def usl_select(features: Any, m: int, k: int = 400, lam: float | None = None, alpha: float | None = None,
                m_reg: float = 0.9, iterations: int = 10, horizon: int | None = None, seed: int = 0,
-               kmeans_restarts: int = 1, distance: Distance = "squared", device: str | torch.device = "cpu"
-               ) -> np.ndarray:
-    """``m`` rows, one per k-means cluster, each the argmax of the regularised utility."""
-    x = l2_normalised(features)
+               kmeans_restarts: int = 1, distance: Distance = "squared", device: str | torch.device = "cpu",
+               overwrite: bool = False) -> np.ndarray:
+    """``m`` rows, one per k-means cluster, each the argmax of the regularised utility, on the
+    L2-normalised ``features`` (``overwrite``: normalised in place instead of a copy)."""
+    x = l2_normalised(features, overwrite=overwrite)
     n = x.shape[0]
     m = min(m, n)
     lam = (0.5 if m <= 100 else 1.0) if lam is None else lam

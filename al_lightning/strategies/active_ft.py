@@ -33,8 +33,7 @@ class ActiveFT(Strategy):
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
         labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        unlabeled = context.features(self.features)
-        context.release("embeddings")  # normalised in place: the pool's embeddings are not held twice
+        unlabeled = context.owned_features(self.features)  # normalised in place: the pool is held once
         rows = active_ft_select(unlabeled, budget, labeled, context.rng(), init=self.init,
                                 temperature=self.temperature, balance=self.balance, iterations=self.iterations,
                                 lr=self.lr, batch_size=self.batch_size, overwrite=True)

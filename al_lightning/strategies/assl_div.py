@@ -17,8 +17,7 @@ class ASSLDiv(Strategy):
     model_outputs = ("embeddings",)
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        weighted = context.embeddings.float()
-        context.release("embeddings")  # weighted in place: the pool's embeddings are not held twice
+        weighted = context.owned_features("embedding")  # weighted in place: the pool is held once
         score = context.scores.score[torch.as_tensor(context.unlabeled, device=context.scores.score.device)]
         weighted.mul_(score.to(weighted.device, torch.float32)[:, None])
         first = int(row_sq_norms(weighted).argmax())

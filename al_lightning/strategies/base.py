@@ -92,16 +92,19 @@ class AcquisitionContext:
         the output asked for."""
         ids_of = "labeled" if labeled else "unlabeled"
         if (ids_of, name) not in self._outputs:
-            if self.model_is_random:
-                raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model "
-                                         "is trained yet and none is pre-trained: run 'al-lightning pretrain' and "
-                                         "set model.init_args.pretrained, or choose the strategy's features: pixels")
+            self._check_trained()
             wanted = [output for output in OUTPUTS if output == name or (
                 not labeled and output in self.model_outputs and (ids_of, output) not in self._outputs)]
             ids = self.labeled if labeled else self.unlabeled
             computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
             self._outputs.update({(ids_of, output): computed[output] for output in wanted})
         return self._outputs[(ids_of, name)]
+
+    def _check_trained(self) -> None:
+        if self.model_is_random:
+            raise RandomNetworkError("this strategy needs the model's embedding or predictions, but no model "
+                                     "is trained yet and none is pre-trained: run 'al-lightning pretrain' and "
+                                     "set model.init_args.pretrained, or choose the strategy's features: pixels")
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -148,19 +151,60 @@ class AcquisitionContext:
         cached features), ``embedding`` (the EMA model), ``pixels``, ``auto``: pre-trained
         features when there are any, else the model's embedding (an error on a random network), or
         the directory of a pre-training run (its cached features, whatever the model's weights)."""
-        ids = self.labeled if labeled else self.unlabeled
-        if kind not in ("auto", "pretrained", "embedding", "pixels"):
-            return run_features(kind, self.pool.size)[torch.as_tensor(ids, dtype=torch.int64)].float()
-        if kind == "auto":
-            kind = "pretrained" if self.pretrained is not None else "embedding"
-        if kind == "pretrained":
-            if self.pretrained is None:
-                raise RandomNetworkError("features: pretrained needs a pre-training run: run 'al-lightning pretrain' "
-                                         "and set model.init_args.pretrained to its run directory")
-            return self.pretrained[torch.as_tensor(ids, dtype=torch.int64)].float()
+        kind = self._resolve(kind)
         if kind == "embedding":
             return self.labeled_embeddings if labeled else self.embeddings
-        return self.pixels(ids)
+        return self._stored_features(kind, self.labeled if labeled else self.unlabeled)
+
+    def owned_features(self, kind: str) -> torch.Tensor:
+        """:meth:`features` of the unlabeled samples for the caller to overwrite (normalise, weight)
+        in place: the context drops its embeddings, so a pool's features are held once."""
+        features = self.features(kind)
+        self.release("embeddings")
+        return features
+
+    def stacked_features(self, kind: str) -> tuple[torch.Tensor, int]:
+        """``(features, n_labeled)``: the labeled samples' features, then the unlabeled ones', in
+        one tensor the caller owns and may overwrite, for strategies that cluster or search both
+        together (TypiClust, ProbCover, jLP). The embeddings come from one pass over both id sets,
+        written into that one tensor, and the context keeps none of them (it keeps the pass's other
+        ``model_outputs``): the pool's features are held once, not as two parts and their stack."""
+        kind = self._resolve(kind)
+        n_labeled = len(self.labeled)
+        ids = np.concatenate([self.labeled, self.unlabeled])
+        if kind != "embedding":
+            return self._stored_features(kind, ids), n_labeled
+        if ("unlabeled", "embeddings") in self._outputs:  # read before: stack what is held
+            stacked = torch.cat([self.output("embeddings", labeled=True), self._outputs[("unlabeled", "embeddings")]])
+        else:
+            self._check_trained()
+            wanted = ["embeddings", *(output for output in self.model_outputs
+                                      if output != "embeddings" and ("unlabeled", output) not in self._outputs)]
+            computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
+            stacked = computed.pop("embeddings")
+            for output, rows in computed.items():
+                self._outputs[("unlabeled", output)] = rows[n_labeled:]
+                self._outputs.setdefault(("labeled", output), rows[:n_labeled])
+        self.release("embeddings")
+        self.release("embeddings", labeled=True)
+        return stacked, n_labeled
+
+    def _resolve(self, kind: str) -> str:
+        """``auto`` made concrete: pre-trained features when there are any, else the embedding."""
+        if kind == "auto":
+            return "pretrained" if self.pretrained is not None else "embedding"
+        return kind
+
+    def _stored_features(self, kind: str, ids: np.ndarray) -> torch.Tensor:
+        """Features that need no pass of the model: pre-trained, a pre-training run's, pixels."""
+        if kind == "pixels":
+            return self.pixels(ids)
+        if kind != "pretrained":
+            return run_features(kind, self.pool.size)[torch.as_tensor(ids, dtype=torch.int64)].float()
+        if self.pretrained is None:
+            raise RandomNetworkError("features: pretrained needs a pre-training run: run 'al-lightning pretrain' "
+                                     "and set model.init_args.pretrained to its run directory")
+        return self.pretrained[torch.as_tensor(ids, dtype=torch.int64)].float()
 
     @property
     def scores(self) -> OnlineScoreState:

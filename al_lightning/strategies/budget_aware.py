@@ -89,6 +89,8 @@ class BudgetAware(Strategy):
         # below min_per_class the share decides nothing: no pass over the pool for it (with
         # pre-trained features it would be the acquisition's only inference)
         enough_labels = self.last_per_class >= self.min_per_class
+        # first: with the model's embedding, its pass over the pool also takes the top-class probability
+        features, n_labeled = context.stacked_features(self.features)
         self.last_confident_share = self.confident_share(context) if enough_labels else None
         within = None
         self.last_rule = "typicality"
@@ -96,8 +98,7 @@ class BudgetAware(Strategy):
             score = context.scores.score
             within = score[torch.as_tensor(context.unlabeled, device=score.device)].double().cpu().numpy()
             self.last_rule = "assl"
-        labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        rows = typiclust_select(context.features(self.features), budget, labeled, k=self.k,
-                                max_clusters=self.max_clusters, min_cluster_size=self.min_cluster_size,
-                                distance=self.distance, seed=int(context.rng().integers(2**31)), within=within)
+        rows = typiclust_select(features, budget, n_labeled, k=self.k, max_clusters=self.max_clusters,
+                                min_cluster_size=self.min_cluster_size, distance=self.distance,
+                                seed=int(context.rng().integers(2**31)), within=within, overwrite=True)
         return context.unlabeled[rows]

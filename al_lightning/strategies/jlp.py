@@ -11,7 +11,6 @@ Args:
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from al_lightning.ops import joint_label_propagation_select
 from al_lightning.strategies.base import AcquisitionContext, Strategy, register_strategy
@@ -25,9 +24,8 @@ class JLP(Strategy):
         self.k, self.alpha, self.gamma = k, alpha, gamma
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        features = torch.cat([context.labeled_embeddings, context.embeddings]).cpu()
-        n_labeled = len(context.labeled)
-        rows = joint_label_propagation_select(features, np.arange(n_labeled),
-                                              np.arange(n_labeled, len(features)), budget,
-                                              self.k, self.alpha, self.gamma, device=context.device)
+        features, n_labeled = context.stacked_features("embedding")
+        rows = joint_label_propagation_select(features.cpu(), np.arange(n_labeled),
+                                              np.arange(n_labeled, len(features)), budget, self.k, self.alpha,
+                                              self.gamma, device=context.device, overwrite=True)
         return context.unlabeled[np.asarray(rows) - n_labeled]

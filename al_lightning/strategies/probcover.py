@@ -28,8 +28,8 @@ class ProbCover(Strategy):
         self.last_delta: float | None = None
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        rows, self.last_delta = probcover_select(context.features(self.features), budget, labeled, delta=self.delta,
+        features, n_labeled = context.stacked_features(self.features)
+        rows, self.last_delta = probcover_select(features, budget, n_labeled, delta=self.delta,
                                                  num_classes=context.num_classes, alpha=self.purity,
-                                                 seed=int(context.rng().integers(2**31)))
+                                                 seed=int(context.rng().integers(2**31)), overwrite=True)
         return context.unlabeled[rows]

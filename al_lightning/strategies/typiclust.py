@@ -31,8 +31,8 @@ class TypiClust(Strategy):
         self.min_cluster_size, self.distance = min_cluster_size, distance
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        labeled = context.features(self.features, labeled=True) if len(context.labeled) else None
-        rows = typiclust_select(context.features(self.features), budget, labeled, k=self.k,
-                                max_clusters=self.max_clusters, min_cluster_size=self.min_cluster_size,
-                                distance=self.distance, seed=int(context.rng().integers(2**31)))
+        features, n_labeled = context.stacked_features(self.features)
+        rows = typiclust_select(features, budget, n_labeled, k=self.k, max_clusters=self.max_clusters,
+                                min_cluster_size=self.min_cluster_size, distance=self.distance,
+                                seed=int(context.rng().integers(2**31)), overwrite=True)
         return context.unlabeled[rows]

@@ -34,8 +34,8 @@ class USL(Strategy):
         self.m_reg, self.iterations, self.horizon, self.distance = m_reg, iterations, horizon, distance
 
     def rank_select(self, context: AcquisitionContext, budget: int) -> np.ndarray:
-        x = context.features(self.features)
+        x = context.owned_features(self.features)
         rows = usl_select(x, budget, k=min(self.k, len(x) - 1), lam=self.lam, alpha=self.alpha, m_reg=self.m_reg,
                           iterations=self.iterations, horizon=self.horizon, seed=int(context.rng().integers(2**31)),
-                          distance=self.distance, device=context.device)
+                          distance=self.distance, device=context.device, overwrite=True)
         return context.unlabeled[rows]
