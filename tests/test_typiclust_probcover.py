@@ -235,6 +235,25 @@ def test_range_search_blocks_hold_exactly_the_pairs_strictly_within_delta(block_
     assert not indptr.any() and len(indptr) == 91 and len(indices) == 0
 
 
+def test_with_a_gpu_the_ball_graph_is_built_on_the_device(monkeypatch):
+    """faiss has no GPU range search: where torch sees a GPU the blocks run there (replayed here on
+    the CPU), and the graph is the same."""
+    from al_lightning.ops import faiss_ops
+    x = unit(np.random.default_rng(14).normal(size=(60, 3))).astype(np.float32)
+    delta = gap_delta(dense_distances(x), 0.5)
+    expected = ops.ball_graph(x, delta).toarray()
+    devices = []
+    real = faiss_ops.range_search_blocks
+
+    def on_device(base, radius, queries, device, *args):
+        devices.append(device.type)
+        return real(base, radius, queries, torch.device("cpu"), *args)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(faiss_ops, "range_search_blocks", on_device)
+    assert np.array_equal(ops.ball_graph(x, delta).toarray(), expected) and devices == ["cuda"]
+
+
 @pytest.mark.parametrize("n_labeled", [0, 6])
 def test_greedy_coverage_matches_a_brute_force_max_coverage(n_labeled):
     x = unit(np.random.default_rng(5).normal(size=(120, 3))).astype(np.float32)

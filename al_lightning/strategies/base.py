@@ -166,9 +166,10 @@ class AcquisitionContext:
     def stacked_features(self, kind: str) -> tuple[torch.Tensor, int]:
         """``(features, n_labeled)``: the labeled samples' features, then the unlabeled ones', in
         one tensor the caller owns and may overwrite, for strategies that cluster or search both
-        together (TypiClust, ProbCover, jLP). The embeddings come from one pass over both id sets,
-        written into that one tensor, and the context keeps none of them (it keeps the pass's other
-        ``model_outputs``): the pool's features are held once, not as two parts and their stack."""
+        together (TypiClust, BudgetAware, ProbCover, jLP). The embeddings come from one pass over
+        both id sets, written into that one tensor, and the context keeps none of them (it keeps
+        the pass's other ``model_outputs``): the pool's features are held once, not as two parts
+        and their stack."""
         kind = self._resolve(kind)
         n_labeled = len(self.labeled)
         ids = np.concatenate([self.labeled, self.unlabeled])
