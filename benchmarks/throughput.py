@@ -13,7 +13,9 @@ progress bar). Images per step = batch x (1 + 2 mu). Pipelines:
 * ``premade``: the same step fed with views made once and reused: no augmentation cost at all,
   the limit the on-device pipeline is measured against.
 * ``device+scoring``: ``device`` with ASSL's online scoring callback (the scoring overhead ratio).
-* on a GPU also ``device+bf16``, ``device+bf16+cl`` (channels_last) and ``device+bf16+cl+compile``.
+* on a GPU also ``device+bf16``, ``device+bf16+cl`` (channels_last) and ``device+bf16+cl+compile``;
+  on a CPU ``device+cl`` and ``premade+cl``, channels-last being the CPU default. The other
+  pipelines keep the contiguous layout (``+cl`` after any name switches it on).
 
 Each case prints one line: ``throughput <pipeline> <backbone@side> <device> <images/s> <ratio>x``,
 the ratio against ``per_sample-w2`` of the same backbone in the same run.
@@ -207,7 +209,10 @@ def main() -> None:
     accelerator = ("gpu" if torch.cuda.is_available() else "cpu") if args.accelerator == "auto" else args.accelerator
     gpu = accelerator == "gpu"
     device = torch.cuda.get_device_name(0).replace(" ", "_") if gpu else f"cpu{torch.get_num_threads()}"
-    extra = (["device+bf16", "device+bf16+cl", "device+bf16+cl+compile", "premade+bf16+cl"] if gpu else [])
+    # on a CPU the default step is channels-last (model.init_args.channels_last: None); the
+    # reference pipelines keep the contiguous layout the step had before
+    extra = (["device+bf16", "device+bf16+cl", "device+bf16+cl+compile", "premade+bf16+cl"] if gpu
+             else ["device+cl", "premade+cl"])
     cases = args.cases or (list(CASES) if gpu else ["digits", "small_cnn"])
     print(f"# FixMatch step throughput, labeled batch x (1 + 2 x {args.mu}) images per step, device {device}", flush=True)
     for case in cases:
@@ -219,7 +224,7 @@ def main() -> None:
         backbone = f"{backbone_name}{'_w' + str(kwargs['width']) if 'width' in kwargs else ''}@{side}px"
         budget_s = args.seconds or (8.0 if gpu else 30.0)
         warmup = 5 if gpu else 2
-        workers_of = lambda name: int(name.split("-w")[1]) if "-w" in name else 0  # noqa: E731
+        workers_of = lambda name: int(name.split("-w")[1].split("+")[0]) if "-w" in name else 0  # noqa: E731
         # the first fit of a process runs slow for a while (allocator, thread pools): warm up unreported
         run_case(pipelines[0], case, accelerator, args.steps, warmup, args.mu, workers_of(pipelines[0]),
                  min(budget_s, 5.0))
@@ -235,6 +240,11 @@ def main() -> None:
                   f"device / premade = {results['device'] / results['premade']:.2f} (goal >= 0.85 on a GPU), "
                   f"device / {reference_pipeline} = {results['device'] / results[reference_pipeline]:.2f}x "
                   f"(goal >= 1.5 on 2 CPU cores)", flush=True)
+        if "device+cl" in results and not gpu:
+            print(f"# {backbone}: the CPU default (device+cl) / {reference_pipeline} = "
+                  f"{results['device+cl'] / results[reference_pipeline]:.2f}x (goal >= 1.5 on 2 CPU cores), "
+                  f"device+cl / premade+cl = {results['device+cl'] / results.get('premade+cl', float('nan')):.2f}",
+                  flush=True)
         if "device+scoring" in results:
             print(f"# {backbone}: scoring overhead: device+scoring / device step time = "
                   f"{results['device'] / results['device+scoring']:.3f}", flush=True)

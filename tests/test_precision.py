@@ -4,7 +4,7 @@ per-sample state and every score stays in float32 or float64."""
 import lightning as L
 import torch
 
-from al_lightning.methods import FlexMatch
+from al_lightning.methods import FixMatch, FlexMatch
 from al_lightning.methods.parts.feature_realignment import FeatureRealignment, LabeledFeatureQueues
 from al_lightning.scoring.callbacks import OnlineScoring
 
@@ -88,3 +88,24 @@ def test_compiled_backbone_trains_like_the_plain_one_and_leaves_the_teacher_plai
     assert compiled.state_dict().keys() == plain.state_dict().keys()
     for name, weight in plain.state_dict().items():
         assert torch.allclose(compiled.state_dict()[name].float(), weight.float(), atol=1e-4), name
+
+
+def test_the_default_layout_is_channels_last_on_a_cpu_and_as_asked_otherwise(digits):
+    """None (the default) picks channels-last for a fit on a CPU, for the student, the teacher and
+    the views the data module builds; an explicit False keeps the contiguous layout."""
+    layouts = {}
+    for asked in (None, False):
+        L.seed_everything(0)
+        model = FixMatch(backbone="small_cnn", num_classes=10, in_channels=1, backbone_kwargs={"width": 4},
+                         channels_last=asked)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            use_distributed_sampler=False)
+        trainer.fit(model, datamodule=digits)
+        # weights of more than one input channel (one channel is laid out alike in both formats)
+        weights = [m.weight for net in (model.model, model.ema.module) for m in net.modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1]
+        layouts[asked] = {(w.is_contiguous(memory_format=torch.channels_last), w.is_contiguous()) for w in weights}
+        layouts[asked, "views"] = model.memory_format
+    assert layouts[None] == {(True, False)} and layouts[None, "views"] == torch.channels_last
+    assert layouts[False] == {(False, True)} and layouts[False, "views"] == torch.contiguous_format

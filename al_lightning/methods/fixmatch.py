@@ -118,13 +118,10 @@ class FixMatch(SSLMethod):
             terms.update(part.losses(self, step))
         loss = torch.stack(list(terms.values())).sum()
 
-        self.mask_rate(mask)
-        self.log_train("loss", loss)
-        self.log_train("loss_u", loss_u)
-        for name, value in terms.items():
-            if name != "loss_u":
+        if self.logs_this_step:
+            self.mask_rate(mask)
+            for name, value in {"loss": loss, **terms, "loss_u": loss_u, "mask_rate": self.mask_rate}.items():
                 self.log_train(name, value)
-        self.log("train/mask_rate", self.mask_rate, on_step=True, on_epoch=False)
         return {"loss": loss,
                 "unlabeled": {"index": index, "probs_weak": probs_w,
                               "probs_strong": torch.softmax(logits_s.detach().float(), dim=-1), "mask": mask}}
