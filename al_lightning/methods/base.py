@@ -187,9 +187,9 @@ class SSLMethod(L.LightningModule):
         ``trainer.log_every_n_steps``-th step, by the trainer's own rule). The ``on_step`` values
         of the other steps are overwritten unread, and each ``self.log`` costs about 0.6 ms of
         Python: five a step were a fifth of a small network's CPU step, so the methods log only
-        when it is read. Outside a trainer, always."""
+        when it is read. Outside a trainer, never (there is no logger to read it)."""
         connector = getattr(self._trainer, "_logger_connector", None)
-        return connector is None or bool(connector.should_update_logs)
+        return connector is not None and bool(connector.should_update_logs)
 
     def log_train(self, name: str, value: Any) -> None:
         if self.logs_this_step:

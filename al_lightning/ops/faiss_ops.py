@@ -186,7 +186,8 @@ def range_search_blocks(base: np.ndarray, radius: float, queries: np.ndarray, de
     kernel uses), kept where strictly below ``radius**2``; neighbours of a query in ascending order.
     Matrix products run in full float32 (no TF32), so the balls are those of the CPU kernel up to
     float rounding at the boundary."""
-    dtype = torch.int32 if base.shape[0] < 2**31 else torch.int64
+    index_dtype = np.int32 if base.shape[0] < 2**31 else np.int64
+    dtype = torch.int32 if index_dtype is np.int32 else torch.int64
     b = torch.from_numpy(base).to(device)
     q = b if queries is base else torch.from_numpy(queries).to(device)
     b_sq = (b * b).sum(1)
@@ -206,4 +207,4 @@ def range_search_blocks(base: np.ndarray, radius: float, queries: np.ndarray, de
     if radius <= 0:
         counts.append(torch.zeros(len(q), dtype=torch.int64))
     indptr = torch.cumsum(torch.cat(counts), 0).numpy()
-    return indptr, torch.cat(parts).numpy() if parts else np.empty(0, dtype=np.int32 if dtype == torch.int32 else np.int64)
+    return indptr, torch.cat(parts).numpy() if parts else np.empty(0, dtype=index_dtype)
