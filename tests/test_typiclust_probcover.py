@@ -290,6 +290,39 @@ def test_once_everything_is_covered_the_rest_is_random_distinct_unlabeled_and_se
     assert sorted(rows.tolist()) == list(range(35))
 
 
+@pytest.mark.parametrize("block_distances", [70 * 70, 70 * 3, 1], ids=["one-block", "3-queries", "1-query"])
+def test_nearest_other_label_distance_in_device_blocks_equals_the_per_label_search(block_distances):
+    """The device route of the purity search (all pairs in blocks, same-label pairs masked), run on
+    the CPU, against the per-label faiss searches and a dense brute force; inf with one label."""
+    from al_lightning.ops.probcover import nearest_other_label_blocks
+    rng = np.random.default_rng(15)
+    x = unit(rng.normal(size=(70, 3))).astype(np.float32)
+    labels = rng.integers(0, 4, size=70)
+    d = dense_distances(x)
+    brute = np.array([d[i, labels != labels[i]].min() for i in range(70)])
+    blocks = nearest_other_label_blocks(x, labels, torch.device("cpu"), block_distances)
+    assert np.allclose(blocks, brute, atol=1e-5)
+    assert np.allclose(blocks, ops.nearest_other_label_distance(x, labels), atol=1e-5)
+    assert np.isinf(nearest_other_label_blocks(x, np.zeros(70, dtype=int), torch.device("cpu"), block_distances)).all()
+
+
+def test_with_a_gpu_the_purity_search_runs_on_the_device(monkeypatch):
+    from al_lightning.ops import probcover
+    x = unit(np.random.default_rng(16).normal(size=(40, 3))).astype(np.float32)
+    labels = np.arange(40) % 3
+    expected = ops.nearest_other_label_distance(x, labels)
+    devices = []
+    real = probcover.nearest_other_label_blocks
+
+    def on_device(points, point_labels, device, *args):
+        devices.append(device.type)
+        return real(points, point_labels, torch.device("cpu"), *args)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(probcover, "nearest_other_label_blocks", on_device)
+    assert np.allclose(ops.nearest_other_label_distance(x, labels), expected, atol=1e-5) and devices == ["cuda"]
+
+
 def brute_purity(d, labels, delta):
     return np.mean([all(labels[j] == labels[i] for j in np.flatnonzero(d[i] < delta)) for i in range(len(d))])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import faiss
@@ -175,36 +176,45 @@ def range_search(base: Any, radius: float, queries: Any | None = None, chunk: in
     return np.cumsum(np.concatenate(counts)), np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
-#: the most squared distances a block of :func:`range_search_blocks` holds (1 GiB of float32)
+#: the most squared distances a block of :func:`sq_distance_blocks` holds (1 GiB of float32)
 BLOCK_DISTANCES = 2**28
 
 
-def range_search_blocks(base: np.ndarray, radius: float, queries: np.ndarray, device: torch.device,
-                        block_distances: int = BLOCK_DISTANCES) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`range_search` as torch blocks on ``device``: squared distances
-    ||q||^2 + ||b||^2 - 2 q.b of a block of queries against the whole base (the expansion faiss's
-    kernel uses), kept where strictly below ``radius**2``; neighbours of a query in ascending order.
-    Matrix products run in full float32 (no TF32), so the balls are those of the CPU kernel up to
-    float rounding at the boundary."""
-    index_dtype = np.int32 if base.shape[0] < 2**31 else np.int64
-    dtype = torch.int32 if index_dtype is np.int32 else torch.int64
+def sq_distance_blocks(base: np.ndarray, queries: np.ndarray, device: torch.device,
+                       block_distances: int = BLOCK_DISTANCES) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, d2)``: the squared distances ||q||^2 + ||b||^2 - 2 q.b (the expansion faiss's
+    kernels use) of ``queries[start:start + len(d2)]`` to every row of ``base``, a block of queries
+    at a time on ``device``, for the all-pairs searches faiss has no GPU route for. Matrix products
+    run in full float32 (no TF32), so the values are the CPU kernels' up to float rounding."""
     b = torch.from_numpy(base).to(device)
     q = b if queries is base else torch.from_numpy(queries).to(device)
     b_sq = (b * b).sum(1)
     q_sq = b_sq if q is b else (q * q).sum(1)
     rows = max(1, block_distances // max(1, len(b)))
-    counts, parts = [torch.zeros(1, dtype=torch.int64)], []
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for start in range(0, len(q) if radius > 0 else 0, rows):
-            d2 = torch.addmm(b_sq[None, :], q[start:start + rows], b.T, alpha=-2.0)
-            inside = d2.add_(q_sq[start:start + rows, None]) < float(radius) ** 2
-            counts.append(inside.sum(1).cpu())
-            parts.append(inside.nonzero()[:, 1].to(dtype).cpu())
+        for start in range(0, len(q), rows):
+            yield start, torch.addmm(b_sq[None, :], q[start:start + rows], b.T, alpha=-2.0).add_(
+                q_sq[start:start + rows, None])
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    if radius <= 0:
-        counts.append(torch.zeros(len(q), dtype=torch.int64))
+
+
+def range_search_blocks(base: np.ndarray, radius: float, queries: np.ndarray, device: torch.device,
+                        block_distances: int = BLOCK_DISTANCES) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`range_search` from :func:`sq_distance_blocks` on ``device``: the pairs strictly
+    below ``radius**2``, each query's neighbours in ascending order; the balls of the CPU kernel
+    up to float rounding at the boundary."""
+    index_dtype = np.int32 if base.shape[0] < 2**31 else np.int64
+    dtype = torch.int32 if index_dtype is np.int32 else torch.int64
+    counts, parts = [torch.zeros(1, dtype=torch.int64)], []
+    if radius > 0:
+        for _, d2 in sq_distance_blocks(base, queries, device, block_distances):
+            inside = d2 < float(radius) ** 2
+            counts.append(inside.sum(1).cpu())
+            parts.append(inside.nonzero()[:, 1].to(dtype).cpu())
+    else:
+        counts.append(torch.zeros(len(queries), dtype=torch.int64))
     indptr = torch.cumsum(torch.cat(counts), 0).numpy()
     return indptr, torch.cat(parts).numpy() if parts else np.empty(0, dtype=index_dtype)

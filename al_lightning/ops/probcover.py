@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from al_lightning.ops.faiss_ops import as_float32, kmeans, knn_search, l2_normalised, range_search
+from al_lightning.ops.faiss_ops import (BLOCK_DISTANCES, as_float32, kmeans, knn_search, l2_normalised,
+                                       range_search, sq_distance_blocks)
 
 
 def ball_graph(x: Any, delta: float, chunk: int = 4096) -> sp.csr_matrix:
@@ -91,9 +93,13 @@ def probcover_greedy(graph: sp.csr_matrix, n_labeled: int, budget: int, rng: np.
 def nearest_other_label_distance(x: Any, labels: np.ndarray) -> np.ndarray:
     """Euclidean distance from every row to the nearest row of a different label (inf if none):
     one flat index per label, searched by all rows (no copy of the queries), each row keeping the
-    minimum over the labels other than its own. O(N) extra memory; the compute of one exact kNN pass."""
+    minimum over the labels other than its own. O(N) extra memory; the compute of one exact kNN pass.
+    Where torch sees a GPU, all pairs in device blocks instead (:func:`nearest_other_label_blocks`):
+    one search per label is one pass over the pool per class, on the CPU without faiss-gpu."""
     x = as_float32(x)
     labels = np.asarray(labels)
+    if torch.cuda.is_available():
+        return nearest_other_label_blocks(x, labels, torch.device("cuda"))
     best = np.full(x.shape[0], np.inf)
     for label in np.unique(labels):
         members = labels == label
@@ -102,6 +108,18 @@ def nearest_other_label_distance(x: Any, labels: np.ndarray) -> np.ndarray:
         sq, _ = knn_search(x[members], x, 1)
         d = np.sqrt(np.maximum(sq[:, 0].astype(np.float64), 0.0))
         best = np.where(members, best, np.minimum(best, d))
+    return best
+
+
+def nearest_other_label_blocks(x: np.ndarray, labels: np.ndarray, device: torch.device,
+                               block_distances: int = BLOCK_DISTANCES) -> np.ndarray:
+    """:func:`nearest_other_label_distance` from :func:`sq_distance_blocks` on ``device``: each
+    block's pairs of one label masked out, the row minimum of the rest."""
+    on_device = torch.as_tensor(labels, device=device)
+    best = np.empty(len(x))
+    for start, d2 in sq_distance_blocks(x, x, device, block_distances):
+        d2.masked_fill_(on_device[start:start + len(d2), None] == on_device[None, :], float("inf"))
+        best[start:start + len(d2)] = d2.amin(1).clamp_min_(0.0).double().sqrt_().cpu().numpy()
     return best
 
 
