@@ -112,7 +112,7 @@ def active_ft_select(unlabeled: torch.Tensor, budget: int, labeled: torch.Tensor
     if init not in ("random", "fps"):
         raise ValueError(f"ActiveFT init must be 'random' or 'fps', got {init!r}")
     if overwrite and unlabeled.dtype == torch.float32:
-        candidates = unlabeled.div_(unlabeled.norm(dim=1, keepdim=True).clamp_min(1e-12))  # as F.normalize
+        candidates = F.normalize(unlabeled, dim=1, out=unlabeled)
     else:
         candidates = F.normalize(unlabeled.float(), dim=1)
     fixed = candidates.new_zeros(0, candidates.shape[1])

@@ -30,7 +30,7 @@ def l2_normalised(*parts: Any, chunk: int = 65_536, overwrite: bool = False) -> 
         out = as_float32(parts[0])
         for start in range(0, len(out), chunk):
             block = out[start:start + chunk]
-            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            block /= _row_norms(block)
         return out
     width = parts[-1].shape[1]
     out = np.empty((sum(len(part) for part in parts), width), dtype=np.float32)
@@ -38,9 +38,14 @@ def l2_normalised(*parts: Any, chunk: int = 65_536, overwrite: bool = False) -> 
     for part in parts:
         for start in range(0, len(part), chunk):
             block = as_float32(part[start:start + chunk])
-            out[row:row + len(block)] = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            out[row:row + len(block)] = block / _row_norms(block)
             row += len(block)
     return out
+
+
+def _row_norms(block: np.ndarray) -> np.ndarray:
+    """Each row's L2 norm as a column, at least 1e-12 (a zero row stays zero)."""
+    return np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
 def gpu_available() -> bool:
@@ -164,7 +169,7 @@ def range_search(base: Any, radius: float, queries: Any | None = None, chunk: in
     counts, parts = [np.zeros(1, dtype=np.int64)], []
     if radius > 0:
         for start in range(0, queries.shape[0], chunk):
-            block = np.ascontiguousarray(queries[start:start + chunk])
+            block = queries[start:start + chunk]  # rows of a C-contiguous array: contiguous
             result = faiss.RangeSearchResult(len(block))
             faiss.range_search_L2sqr(faiss.swig_ptr(block), faiss.swig_ptr(base), base.shape[1], len(block),
                                      base.shape[0], float(radius) ** 2, result)

@@ -93,12 +93,17 @@ class AcquisitionContext:
         ids_of = "labeled" if labeled else "unlabeled"
         if (ids_of, name) not in self._outputs:
             self._check_trained()
-            wanted = [output for output in OUTPUTS if output == name or (
-                not labeled and output in self.model_outputs and (ids_of, output) not in self._outputs)]
+            wanted = [name] if labeled else self._pass_outputs(name)
             ids = self.labeled if labeled else self.unlabeled
             computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
             self._outputs.update({(ids_of, output): computed[output] for output in wanted})
         return self._outputs[(ids_of, name)]
+
+    def _pass_outputs(self, name: PoolOutput) -> list[PoolOutput]:
+        """What a pass over the unlabeled ids computes to give ``name``: it and the other
+        ``model_outputs`` not held yet."""
+        return [output for output in OUTPUTS if output == name or (
+            output in self.model_outputs and ("unlabeled", output) not in self._outputs)]
 
     def _check_trained(self) -> None:
         if self.model_is_random:
@@ -179,9 +184,8 @@ class AcquisitionContext:
             stacked = torch.cat([self.output("embeddings", labeled=True), self._outputs[("unlabeled", "embeddings")]])
         else:
             self._check_trained()
-            wanted = ["embeddings", *(output for output in self.model_outputs
-                                      if output != "embeddings" and ("unlabeled", output) not in self._outputs)]
-            computed = pool_inference(self.model, self.loader_for, ids, self.device, outputs=wanted)
+            computed = pool_inference(self.model, self.loader_for, ids, self.device,
+                                      outputs=self._pass_outputs("embeddings"))
             stacked = computed.pop("embeddings")
             for output, rows in computed.items():
                 self._outputs[("unlabeled", output)] = rows[n_labeled:]
