@@ -1,0 +1,84 @@
+"""Run by tests/test_heap.py in a fresh process (the heap's history decides where a block comes
+from): minor page faults of a large block's round trip in each state of the allocator, printed as
+one JSON line. ``python tests/heap_probe.py allocator|fixmatch|simclr [tmp_dir]``."""
+
+import json
+import resource
+import sys
+
+import lightning as L
+import torch
+
+from al_lightning import heap
+
+BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MiB): mmapped unless retained
+
+
+def faults_per_block(warmup: int = 2, repeats: int = 4) -> float:
+    """Minor page faults of allocating, writing and freeing one BLOCK, after ``warmup`` rounds."""
+    def round_trip():
+        torch.empty(BLOCK // 4).fill_(1.0)
+
+    for _ in range(warmup):
+        round_trip()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(repeats):
+        round_trip()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeats
+
+
+class BlockFaults(L.Callback):
+    """Faults of the round trip inside the fit's steps."""
+
+    def __init__(self) -> None:
+        self.inside: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.inside.append(faults_per_block(repeats=2))
+
+
+def allocator() -> dict:
+    result = {"before": faults_per_block(), "retaining": heap.retain_freed_memory()}
+    result["retained"] = faults_per_block()
+    heap.retain_freed_memory()  # nested: the inner release keeps the retention
+    heap.release_freed_memory()
+    result["nested"] = faults_per_block()
+    heap.release_freed_memory()
+    result["first_after_release"] = faults_per_block(warmup=0, repeats=1)  # the pages went back
+    heap.release_freed_memory()  # unmatched: changes nothing
+    return result
+
+
+def fit(method: str, root: str) -> dict:
+    from al_lightning.data import ActiveDataModule
+
+    result = {"before": faults_per_block()}
+    L.seed_everything(0)
+    tiny = {"backbone": "small_cnn", "num_classes": 10, "in_channels": 1, "backbone_kwargs": {"width": 4}}
+    if method == "fixmatch":
+        from al_lightning.methods import FixMatch
+
+        model = FixMatch(**tiny)
+        datamodule = ActiveDataModule("digits", batch_size=4, uratio=2, steps_per_epoch=3, num_workers=0)
+        datamodule.setup()
+        datamodule.pool.label(range(20), datamodule.ground_truth(range(20)))
+    else:
+        from al_lightning.pretrain import SimCLR
+        from al_lightning.pretrain.data import PretrainDataModule
+
+        model = SimCLR(**tiny)
+        datamodule = PretrainDataModule(ActiveDataModule("digits", batch_size=16, num_workers=0, eval_batch_size=512))
+    probe = BlockFaults()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        use_distributed_sampler=False, default_root_dir=root, callbacks=[probe])
+    trainer.fit(model, datamodule=datamodule)
+    result["inside"] = probe.inside
+    result["first_after_fit"] = faults_per_block(warmup=0, repeats=1)
+    return result
+
+
+if __name__ == "__main__":
+    scenario = sys.argv[1]
+    out = allocator() if scenario == "allocator" else fit(scenario, sys.argv[2])
+    print("HEAP " + json.dumps(out))

@@ -1,0 +1,50 @@
+"""A CPU fit keeps freed memory for its next step: a large block freed and asked for again comes
+back without the kernel faulting its pages in again; the fit's end hands the free memory back.
+Counted in minor page faults of a 64 MiB block, in fresh processes (the heap's history decides
+where a block comes from); glibc's documented behaviour makes the counts deterministic."""
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from tests.ddp_launch import ROOT
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's allocator only")
+
+PAGES = (64 << 20) // resource.getpagesize()
+ALL, NONE = PAGES / 2, PAGES / 50  # a block faulted in afresh / one reused
+
+
+def probe(*args: str, **env: str) -> dict:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
+    proc = subprocess.run([sys.executable, "tests/heap_probe.py", *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("HEAP "))[5:])
+
+
+def test_retained_blocks_come_back_without_faults_and_release_hands_them_back():
+    result = probe("allocator")
+    assert result["before"] > ALL  # glibc's own behaviour: every large block mmapped afresh
+    assert result["retaining"] and result["retained"] < NONE
+    assert result["nested"] < NONE
+    assert result["first_after_release"] > ALL
+
+
+def test_an_allocator_the_user_configured_is_left_alone():
+    result = probe("allocator", MALLOC_ARENA_MAX="2")
+    assert not result["retaining"]
+    assert result["before"] > ALL and result["retained"] > ALL and result["nested"] > ALL
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "simclr"])
+def test_a_cpu_fit_retains_freed_memory_while_it_trains_and_hands_it_back_after(method, tmp_path):
+    result = probe(method, str(tmp_path))
+    assert result["before"] > ALL
+    assert len(result["inside"]) == 2 and max(result["inside"]) < NONE
+    assert result["first_after_fit"] > ALL
