@@ -1,6 +1,6 @@
 """Run by tests/test_heap.py in a fresh process (the heap's history decides where a block comes
 from): minor page faults of a large block's round trip in each state of the allocator, printed as
-one JSON line. ``python tests/heap_probe.py allocator|fixmatch|simclr [tmp_dir]``."""
+one JSON line. ``python tests/heap_probe.py allocator|inference|fixmatch|simclr [tmp_dir]``."""
 
 import json
 import resource
@@ -14,17 +14,21 @@ from al_lightning import heap
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MiB): mmapped unless retained
 
 
-def faults_per_block(warmup: int = 2, repeats: int = 4) -> float:
-    """Minor page faults of allocating, writing and freeing one BLOCK, after ``warmup`` rounds."""
-    def round_trip():
+def faults_per_block(settle: int = 16, repeats: int = 4) -> float:
+    """Minor page faults of allocating, writing and freeing one BLOCK once the heap has settled:
+    after up to ``settle`` rounds, until two in a row fault nothing (a kept heap can take a few
+    rounds to hold a free block that fits; without it every round faults)."""
+    def faults_of_round_trip() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.empty(BLOCK // 4).fill_(1.0)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    for _ in range(warmup):
-        round_trip()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(repeats):
-        round_trip()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeats
+    quiet = 0
+    for _ in range(settle):
+        quiet = quiet + 1 if faults_of_round_trip() == 0 else 0
+        if quiet == 2:
+            break
+    return sum(faults_of_round_trip() for _ in range(repeats)) / repeats
 
 
 class BlockFaults(L.Callback):
@@ -44,7 +48,7 @@ def allocator() -> dict:
     heap.release_freed_memory()
     result["nested"] = faults_per_block()
     heap.release_freed_memory()
-    result["first_after_release"] = faults_per_block(warmup=0, repeats=1)  # the pages went back
+    result["first_after_release"] = faults_per_block(settle=0, repeats=1)  # the pages went back
     heap.release_freed_memory()  # unmatched: changes nothing
     return result
 
@@ -74,11 +78,34 @@ def fit(method: str, root: str) -> dict:
                         use_distributed_sampler=False, default_root_dir=root, callbacks=[probe])
     trainer.fit(model, datamodule=datamodule)
     result["inside"] = probe.inside
-    result["first_after_fit"] = faults_per_block(warmup=0, repeats=1)
+    result["first_after_fit"] = faults_per_block(settle=0, repeats=1)
+    return result
+
+
+def inference() -> dict:
+    """A CPU pool pass: the probe runs as each batch is drawn, so the first is drawn before the
+    pass has freed anything and the others after."""
+    from al_lightning.methods.inference import embed_and_classify
+    from al_lightning.models import create_backbone
+
+    result = {"before": faults_per_block(), "between_batches": []}
+    model = create_backbone("small_cnn", num_classes=10, in_channels=1, width=4)
+    images = torch.randn(12, 1, 8, 8)
+
+    def loader():
+        for start in range(0, 12, 4):
+            result["between_batches"].append(faults_per_block(repeats=2))
+            yield {"plain": images[start:start + 4]}
+
+    outputs = embed_and_classify(model, loader(), torch.device("cpu"), 12, ("embeddings", "logits"))
+    with torch.no_grad():
+        model.eval()
+        result["exact"] = bool(torch.allclose(outputs["logits"], model.classify(model.embed(images)), atol=1e-5))
+    result["first_after_pass"] = faults_per_block(settle=0, repeats=1)
     return result
 
 
 if __name__ == "__main__":
     scenario = sys.argv[1]
-    out = allocator() if scenario == "allocator" else fit(scenario, sys.argv[2])
+    out = {"allocator": allocator, "inference": inference}.get(scenario, lambda: fit(scenario, sys.argv[2]))()
     print("HEAP " + json.dumps(out))

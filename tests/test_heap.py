@@ -1,4 +1,4 @@
-"""A CPU fit keeps freed memory for its next step: a large block freed and asked for again comes
+"""A CPU fit (and a CPU pass over the pool) keeps freed memory for its next step: a large block freed and asked for again comes
 back without the kernel faulting its pages in again; the fit's end hands the free memory back.
 Counted in minor page faults of a 64 MiB block, in fresh processes (the heap's history decides
 where a block comes from); glibc's documented behaviour makes the counts deterministic."""
@@ -48,3 +48,11 @@ def test_a_cpu_fit_retains_freed_memory_while_it_trains_and_hands_it_back_after(
     assert result["before"] > ALL
     assert len(result["inside"]) == 2 and max(result["inside"]) < NONE
     assert result["first_after_fit"] > ALL
+
+
+def test_a_cpu_pool_pass_reuses_freed_memory_after_its_first_batch_and_hands_it_back():
+    result = probe("inference")
+    first, *later = result["between_batches"]
+    assert result["before"] > ALL and first > ALL  # nothing kept before the pass has freed anything
+    assert len(later) == 2 and max(later) < NONE
+    assert result["exact"] and result["first_after_pass"] > ALL
