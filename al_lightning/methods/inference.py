@@ -84,6 +84,7 @@ def embed_and_classify(model: Backbone, loader: DataLoader, device: torch.device
     model.eval()
     kept: dict[str, torch.Tensor] = {}
     start = 0
+    on_cpu = torch.device(device).type == "cpu"
     retained = False
     try:
         for batch in loader:
@@ -94,7 +95,7 @@ def embed_and_classify(model: Backbone, loader: DataLoader, device: torch.device
                     kept[name] = torch.empty(total, *values.shape[1:], dtype=values.dtype, device=device)
                 kept[name][start:start + count] = values
             start += count
-            if not retained and torch.device(device).type == "cpu":
+            if on_cpu and not retained:  # after the first batch has freed its blocks
                 retained = retain_freed_memory()
     finally:
         if retained:
