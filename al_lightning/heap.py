@@ -17,7 +17,10 @@ on a 100,000-sample pool and raised CDAL's peak from 2.06 to 2.79 GiB.
 
 Nothing changes where the C library is not glibc, or where the user set glibc's allocator through
 the environment (any ``MALLOC_*`` variable or a malloc tunable in ``GLIBC_TUNABLES``): their
-settings win. Calls nest; only the outermost release restores.
+settings win. Calls nest; only the outermost release restores. :class:`RetainFreedMemory` is the
+fit's side of it, a callback the SSL methods and pre-training methods bring to every trainer: it
+keeps freed memory from the training loop's start on and hands it back at its end or when the fit
+raises, so a failed fit in a notebook leaves glibc as it found it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import os
 import platform
 import threading
 from functools import cache
+
+import lightning as L
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -84,3 +89,27 @@ def release_freed_memory() -> None:
             libc.mallopt(_M_TRIM_THRESHOLD, 2 * _STEADY_MMAP_THRESHOLD)
             libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
             libc.malloc_trim(0)
+
+
+class RetainFreedMemory(L.Callback):
+    """Keeps freed memory while a fit trains on a CPU: from ``on_train_start`` (after the module's
+    ``on_fit_start`` has made its lasting allocations, such as the per-sample state) to
+    ``on_train_end``, or to ``on_exception`` when the fit raises."""
+
+    def __init__(self) -> None:
+        self.retained = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cpu" and not self.retained:
+            self.retained = retain_freed_memory()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self.retained:
+            self.retained = False
+            release_freed_memory()

@@ -1,6 +1,7 @@
 """Run by tests/test_heap.py in a fresh process (the heap's history decides where a block comes
 from): minor page faults of a large block's round trip in each state of the allocator, printed as
-one JSON line. ``python tests/heap_probe.py allocator|inference|fixmatch|simclr [tmp_dir]``."""
+one JSON line. ``python tests/heap_probe.py allocator|inference|fixmatch|simclr|raising [tmp_dir]``
+(``raising``: a FixMatch fit whose second step raises)."""
 
 import json
 import resource
@@ -34,11 +35,14 @@ def faults_per_block(settle: int = 16, repeats: int = 4) -> float:
 class BlockFaults(L.Callback):
     """Faults of the round trip inside the fit's steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, raise_at: int | None = None) -> None:
         self.inside: list[float] = []
+        self.raise_at = raise_at
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.inside.append(faults_per_block(repeats=2))
+        if batch_idx == self.raise_at:
+            raise RuntimeError("the probe's step fails")
 
 
 def allocator() -> dict:
@@ -59,7 +63,7 @@ def fit(method: str, root: str) -> dict:
     result = {"before": faults_per_block()}
     L.seed_everything(0)
     tiny = {"backbone": "small_cnn", "num_classes": 10, "in_channels": 1, "backbone_kwargs": {"width": 4}}
-    if method == "fixmatch":
+    if method in ("fixmatch", "raising"):
         from al_lightning.methods import FixMatch
 
         model = FixMatch(**tiny)
@@ -72,12 +76,16 @@ def fit(method: str, root: str) -> dict:
 
         model = SimCLR(**tiny)
         datamodule = PretrainDataModule(ActiveDataModule("digits", batch_size=16, num_workers=0, eval_batch_size=512))
-    probe = BlockFaults()
+    probe = BlockFaults(raise_at=1 if method == "raising" else None)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
                         use_distributed_sampler=False, default_root_dir=root, callbacks=[probe])
-    trainer.fit(model, datamodule=datamodule)
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    except RuntimeError as error:
+        result["raised"] = str(error)
     result["inside"] = probe.inside
+    result["depth_after_fit"] = heap._depth
     result["first_after_fit"] = faults_per_block(settle=0, repeats=1)
     return result
 

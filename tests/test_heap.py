@@ -60,7 +60,14 @@ def test_a_cpu_fit_retains_freed_memory_while_it_trains_and_hands_it_back_after(
     result = probe(method, str(tmp_path))
     assert result["before"] > ALL
     assert len(result["inside"]) == 2 and max(result["inside"]) < NONE
-    assert result["first_after_fit"] > ALL
+    assert result["depth_after_fit"] == 0 and result["first_after_fit"] > ALL
+
+
+def test_a_cpu_fit_that_raises_hands_the_freed_memory_back(tmp_path):
+    result = probe("raising", str(tmp_path))
+    assert result["raised"] == "the probe's step fails"
+    assert len(result["inside"]) == 2 and max(result["inside"]) < NONE
+    assert result["depth_after_fit"] == 0 and result["first_after_fit"] > ALL
 
 
 def test_a_cpu_pool_pass_reuses_freed_memory_after_its_first_batch_and_hands_it_back():

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from al_lightning.errors import UserError
-from al_lightning.heap import release_freed_memory, retain_freed_memory
+from al_lightning.heap import RetainFreedMemory
 from al_lightning.methods.ema import EMATeacher
 from al_lightning.models import Backbone, create_backbone
 from al_lightning.models.timm_backbone import TimmBackbone
@@ -225,12 +225,10 @@ class SSLMethod(L.LightningModule):
         if self._restored_sample_state is not None:
             self.load_sample_state(self._restored_sample_state)
             self._restored_sample_state = None
-        if self.device.type == "cpu":  # after the fit's lasting allocations: the steps' blocks are reused
-            retain_freed_memory()
 
-    def on_fit_end(self) -> None:
-        if self.device.type == "cpu":
-            release_freed_memory()
+    def configure_callbacks(self) -> list[L.Callback]:
+        """On a CPU the steps' activation blocks are reused, not faulted in again (:mod:`al_lightning.heap`)."""
+        return [RetainFreedMemory()]
 
     def reset_sample_state(self, pool_size: int, unlabeled: np.ndarray) -> None:
         """Start a fit's per-sample state over a pool of ``pool_size`` ids, ``unlabeled`` of them

@@ -31,7 +31,7 @@ from lightly.utils.lars import LARS
 from torch import nn
 
 from al_lightning.data import ImageSplits
-from al_lightning.heap import release_freed_memory, retain_freed_memory
+from al_lightning.heap import RetainFreedMemory
 from al_lightning.models import Backbone, create_backbone
 from al_lightning.pretrain.features import embed_split
 from al_lightning.pretrain.knn import knn_monitor_accuracy
@@ -106,13 +106,9 @@ class PretrainMethod(L.LightningModule):
         return []
 
     # ------------------------------------------------------------------ training
-    def on_fit_start(self) -> None:
-        if self.device.type == "cpu":  # the steps' activation blocks are reused, not faulted in again
-            retain_freed_memory()
-
-    def on_fit_end(self) -> None:
-        if self.device.type == "cpu":
-            release_freed_memory()
+    def configure_callbacks(self) -> list[L.Callback]:
+        """On a CPU the steps' activation blocks are reused, not faulted in again (:mod:`al_lightning.heap`)."""
+        return [RetainFreedMemory()]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.pretext_loss(batch["views"], batch["index"])
