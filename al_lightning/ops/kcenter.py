@@ -30,8 +30,18 @@ def _rows_per_block(x: torch.Tensor) -> int:
 
 
 def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of every row of ``x``, a block of rows at a time: never an n x d temporary."""
-    return torch.cat([(block * block).sum(1) for block in x.split(_rows_per_block(x))]) if len(x) else x.new_zeros(0)
+    """Squared L2 norm of every row of ``x``, a block of rows at a time squared into one reused
+    buffer: never an n x d temporary, and no new block per block. With a fresh 8 MiB block each
+    time, glibc's heap grew by up to a block a step in some runs instead of reusing the freed ones
+    (k-means++ seeding at 1,000,000 x 512: 1.4 GiB more resident memory in 2 of 5 runs)."""
+    out = x.new_empty(len(x))
+    step = _rows_per_block(x)
+    squares = x.new_empty(min(step, len(x)), x.shape[1])
+    for start in range(0, len(x), step):
+        block = x[start:start + step]
+        torch.mul(block, block, out=squares[:len(block)])
+        torch.sum(squares[:len(block)], 1, out=out[start:start + len(block)])
+    return out
 
 
 def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, rows: torch.Tensor, i: int, block: torch.Tensor
