@@ -306,8 +306,11 @@ def test_k_medoids_medoid_minimises_summed_distance():
     assert ops.kmedoids.cluster_medoid(pts) == brute
 
 
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_symmetric_kl_k_center_equals_brute_force(overwrite):
+@pytest.mark.parametrize("overwrite, blocks", [(False, False), (True, False), (False, True)])
+def test_symmetric_kl_k_center_equals_brute_force(overwrite, blocks, monkeypatch):
+    if blocks:  # the 60 rows' entropies and divergences to the centres in blocks of 7
+        monkeypatch.setattr(ops.cdal, "CENTRE_BLOCK_ROWS", 7)
+        monkeypatch.setattr(ops.cdal, "CHUNK_ROWS", 7)
     rng = np.random.default_rng(12)
     p = torch.softmax(torch.from_numpy(rng.normal(size=(60, 4)) * 2), 1)
     p[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a zero probability: clamped to 1e-12, then renormalised

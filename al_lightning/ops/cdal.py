@@ -16,13 +16,18 @@ import math
 import torch
 
 EPS = 1e-12
+#: rows clamped and logged at once (65,536 x C values)
+CHUNK_ROWS = 65_536
+#: rows whose divergences to the starting centres are computed at once (4096 x |L| values)
+CENTRE_BLOCK_ROWS = 4096
 Distributions = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _log_distributions(probs: torch.Tensor, chunk: int = 65_536, overwrite: bool = False) -> Distributions:
+def _log_distributions(probs: torch.Tensor, overwrite: bool = False) -> Distributions:
     """``(p, log p, p . log p)`` with p clamped away from zero (1e-12) and renormalised, built
-    ``chunk`` rows at a time into two new matrices, or into ``probs`` itself and one new matrix
-    with ``overwrite`` (when ``probs`` is at least float32)."""
+    :data:`CHUNK_ROWS` rows at a time into two new matrices, or into ``probs`` itself and one new
+    matrix with ``overwrite`` (when ``probs`` is at least float32)."""
+    chunk = CHUNK_ROWS
     dtype = torch.promote_types(probs.dtype, torch.float32)
     p = probs if overwrite and probs.dtype == dtype else torch.empty(probs.shape, dtype=dtype, device=probs.device)
     log_p = torch.empty_like(p)
@@ -30,8 +35,9 @@ def _log_distributions(probs: torch.Tensor, chunk: int = 65_536, overwrite: bool
         block = probs[start:start + chunk].to(dtype).clamp_min(EPS)
         p[start:start + chunk] = block / block.sum(1, keepdim=True)
         log_p[start:start + chunk] = p[start:start + chunk].log()
-    entropy = torch.cat([(a * b).sum(1) for a, b in zip(p.split(chunk), log_p.split(chunk))]) if len(p) \
-        else p.new_zeros(0)
+    entropy = p.new_empty(len(p))
+    for start in range(0, len(p), chunk):
+        torch.sum(p[start:start + chunk] * log_p[start:start + chunk], 1, out=entropy[start:start + chunk])
     return p, log_p, entropy
 
 
@@ -57,8 +63,12 @@ def contextual_diversity_k_center(probs: torch.Tensor, budget: int, centre_probs
     picks: list[int] = []
     if centre_probs is not None and len(centre_probs):
         centres = _log_distributions(centre_probs.to(probs.device))
-        min_d = torch.cat([symmetric_kl(_rows(dists, slice(start, start + 4096)), centres).min(1).values
-                           for start in range(0, n, 4096)])
+        # the minima go straight into one vector: no per-block results kept between the blocks'
+        # temporaries, the pattern that grew glibc's heap by a block a step in row_sq_norms
+        min_d = dists[0].new_empty(n)
+        for start in range(0, n, CENTRE_BLOCK_ROWS):
+            rows = slice(start, start + CENTRE_BLOCK_ROWS)
+            torch.amin(symmetric_kl(_rows(dists, rows), centres), 1, out=min_d[rows])
     else:
         picks.append(first)
         min_d = symmetric_kl(dists, _rows(dists, slice(first, first + 1)))[:, 0]
