@@ -27,17 +27,16 @@ def _log_distributions(probs: torch.Tensor, overwrite: bool = False) -> Distribu
     """``(p, log p, p . log p)`` with p clamped away from zero (1e-12) and renormalised, built
     :data:`CHUNK_ROWS` rows at a time into two new matrices, or into ``probs`` itself and one new
     matrix with ``overwrite`` (when ``probs`` is at least float32)."""
-    chunk = CHUNK_ROWS
     dtype = torch.promote_types(probs.dtype, torch.float32)
     p = probs if overwrite and probs.dtype == dtype else torch.empty(probs.shape, dtype=dtype, device=probs.device)
     log_p = torch.empty_like(p)
-    for start in range(0, len(probs), chunk):
-        block = probs[start:start + chunk].to(dtype).clamp_min(EPS)
-        p[start:start + chunk] = block / block.sum(1, keepdim=True)
-        log_p[start:start + chunk] = p[start:start + chunk].log()
     entropy = p.new_empty(len(p))
-    for start in range(0, len(p), chunk):
-        torch.sum(p[start:start + chunk] * log_p[start:start + chunk], 1, out=entropy[start:start + chunk])
+    for start in range(0, len(probs), CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        block = probs[rows].to(dtype).clamp_min(EPS)
+        p[rows] = block / block.sum(1, keepdim=True)
+        log_p[rows] = p[rows].log()
+        torch.sum(p[rows] * log_p[rows], 1, out=entropy[rows])
     return p, log_p, entropy
 
 

@@ -39,8 +39,8 @@ def row_sq_norms(x: torch.Tensor) -> torch.Tensor:
     squares = x.new_empty(min(step, len(x)), x.shape[1])
     for start in range(0, len(x), step):
         block = x[start:start + step]
-        torch.mul(block, block, out=squares[:len(block)])
-        torch.sum(squares[:len(block)], 1, out=out[start:start + len(block)])
+        squared = torch.mul(block, block, out=squares[:len(block)])
+        torch.sum(squared, 1, out=out[start:start + len(block)])
     return out
 
 
